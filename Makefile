@@ -1,0 +1,46 @@
+# vhindex: `make demo` and `make test` each do the whole set-up on a fresh machine.
+# Every pip call goes through constraints.txt, which pins torch (an unpinned torch pulls a
+# multi-GB CUDA build from PyPI).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PIP    := $(VENV)/bin/pip
+PY     := $(VENV)/bin/python
+PIPC   := $(PIP) install --disable-pip-version-check -c constraints.txt
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: help demo test test-fast lint bench install install-dev clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Install stamps: re-run pip only when the packaging files change.
+$(VENV)/.core-installed: pyproject.toml constraints.txt | $(PY)
+	$(PIPC) torch==2.13.0
+	$(PIPC) -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml constraints.txt | $(PY)
+	$(PIPC) torch==2.13.0
+	$(PIPC) -e ".[dev]"
+	touch $@ $(VENV)/.core-installed
+
+install: $(VENV)/.core-installed  ## create .venv and install the core package
+
+install-dev: $(VENV)/.dev-installed  ## create .venv and install everything (ray, dask, video, test, dev)
+
+demo: $(VENV)/.core-installed  ## run the demo pipeline on an embedded synthetic dataset
+	$(VENV)/bin/vhindex demo --config configs/demo.yaml
+
+test: $(VENV)/.dev-installed  ## run the whole test suite
+	RAY_AUTH_MODE=disabled $(PY) -m pytest
+
+lint: $(VENV)/.dev-installed  ## ruff
+	$(VENV)/bin/ruff check vhindex cluster jobs tests benchmarks
+
+clean:  ## remove the venv and demo outputs
+	rm -rf $(VENV) runs

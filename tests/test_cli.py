@@ -1,0 +1,77 @@
+"""The `vhindex` console script end to end: demo, synth/validate, fit/encode/index/query/eval."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vhindex.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vhindex.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    proc = _cli("demo", "--config", "configs/demo.yaml", "synth.preset=tiny", f"run.output_dir={out}",
+                "demo.bits=[16, 32]", "demo.example_queries=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    for name in ("lsh-16", "pca_sign-32", "itq-32"):
+        assert name in text
+    assert "Example queries" in text and "hamming" in text
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert set(results) == {f"{m}-{b}" for m in ("lsh", "pca_sign", "itq") for b in (16, 32)}
+    for r in results.values():
+        maps = {int(k): v for k, v in r["map"].items()}
+        assert 0.0 < maps[5] <= 1.0
+    assert (out / "eval" / "map_vs_k.png").stat().st_size > 1000
+    assert (out / "eval" / "pr_curves.png").stat().st_size > 1000
+    assert (out / "index").is_dir()
+    # A re-run reuses the complete synthetic dataset instead of regenerating it.
+    proc = _cli("demo", "--config", "configs/demo.yaml", "synth.preset=tiny", f"run.output_dir={out}",
+                "demo.bits=[16]", "demo.methods=[lsh]", "demo.example_queries=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reusing synthetic dataset" in proc.stdout
+
+
+def test_stage_commands_chain(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["synth", "--config", "configs/demo.yaml", "synth.preset=tiny", f"--out={data}"]) == 0
+    assert main(["validate", str(data / "train")]) == 0
+    model = tmp_path / "model"
+    assert main(["fit", "--config", "configs/baselines/fcvid-itq.yaml", f"data.train={data / 'train'}",
+                 "model.bits=32", f"--out={model}"]) == 0
+    for split in ("query", "database"):
+        assert main(["encode", "--model", str(model), "--frames", str(data / split),
+                     "--out", str(tmp_path / "codes" / split)]) == 0
+    assert main(["index", "--codes", str(tmp_path / "codes" / "database"), "--out", str(tmp_path / "index")]) == 0
+    capsys.readouterr()
+    assert main(["query", "--index", str(tmp_path / "index"), "--video-id", "database-0000003", "-k", "4"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 4 and hits[0]["hamming"] == 0
+    assert "database-0000003" in [h["video_id"] for h in hits if h["hamming"] == 0]
+    assert main(["eval", "--db-codes", str(tmp_path / "codes" / "database"),
+                 "--query-codes", str(tmp_path / "codes" / "query"), "--db-frames", str(data / "database"),
+                 "--query-frames", str(data / "query"), "--name", "itq-32", "--out", str(tmp_path / "eval"),
+                 "eval.ks=[5, 20]"]) == 0
+    table = capsys.readouterr().out
+    assert "itq-32" in table
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())["itq-32"]
+    assert 0.0 < float(res["map"]["5"]) <= 1.0
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["demo", "model.bits=12"]) == 2
+    assert "model.bits" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "missing")]) != 0
+    err = capsys.readouterr().err
+    assert "missing" in err
+    with pytest.raises(SystemExit):
+        main(["query", "--index", str(tmp_path)])  # needs --code or --video-id

@@ -1,0 +1,311 @@
+"""The ``vhindex`` command line: one console script with subcommands.
+
+Every subcommand that runs a stage takes ``--config FILE`` plus trailing dotted overrides
+(``model.bits=64 run.output_dir=s3://bucket/run``). Cluster-backed commands (added by later issues)
+import ``cluster`` lazily inside the command, so the core CLI works without Ray or Dask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from vhindex.config import Config, ConfigError, load_config
+
+log = logging.getLogger("vhindex")
+
+
+def _storage_options(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--storage-options must be a JSON object: {err}") from None
+    if not isinstance(value, dict):
+        raise SystemExit("--storage-options must be a JSON object, e.g. '{\"anon\": true}'")
+    return value
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--config", default=default, help="YAML config file (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
+
+
+# --------------------------------------------------------------------------------------- commands
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vhindex.demo import run_demo
+
+    cfg = _config(args)
+    run_demo(cfg, out=sys.stdout)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from vhindex.demo import ensure_synthetic
+
+    cfg = _config(args)
+    ensure_synthetic(cfg, args.out or f"{cfg.run.output_dir.rstrip('/')}/data", out=sys.stdout)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from vhindex.data import DatasetValidationError, validate_dataset
+
+    try:
+        report = validate_dataset(
+            args.url,
+            _storage_options(args.storage_options),
+            expected_num_frames=args.frames,
+            expected_feature_dim=args.dim,
+            check_values=not args.no_values,
+        )
+    except DatasetValidationError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(report)
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from vhindex.data import FrameDataset
+    from vhindex.pipeline import fit_model
+
+    cfg = _config(args)
+    if not cfg.data.train:
+        raise ConfigError("fit", [("data.train", "required: URL of the training frame-feature dataset")])
+    train = FrameDataset.open(cfg.data.train, cfg.data.storage_options or None)
+    model = fit_model(cfg.model.name, cfg.model.bits, train, params=cfg.model.params, seed=cfg.run.seed,
+                      batch_size=cfg.data.batch_size)
+    out = args.out or f"{cfg.run.output_dir.rstrip('/')}/model"
+    model.save(out, cfg.run.storage_options or None)
+    print(f"saved {model.name}-{model.bits} (version {model.version()}) to {out}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from vhindex.data import FrameDataset
+    from vhindex.models import load_model
+    from vhindex.pipeline import encode_dataset
+
+    so = _storage_options(args.storage_options)
+    model = load_model(args.model, so)
+    frames = FrameDataset.open(args.frames, so)
+    stats = encode_dataset(model, frames, args.out, batch_size=args.batch_size, storage_options=so,
+                           overwrite=args.overwrite)
+    print(f"encoded {stats.videos} videos in {stats.seconds:.1f}s ({stats.videos_per_second:.0f} videos/s) -> {args.out}")
+    return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from vhindex.data import CodesDataset
+    from vhindex.index import BinaryFlatIndex
+
+    so = _storage_options(args.storage_options)
+    codes = CodesDataset.open(args.codes, so)
+    ids, packed = codes.read_all()
+    index = BinaryFlatIndex(codes.meta.bits)
+    index.add(ids, packed)
+    index.save(args.out, so)
+    print(f"indexed {index.ntotal} codes of {codes.meta.bits} bits -> {args.out}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from vhindex.index import BinaryFlatIndex
+    from vhindex.index.codes import hex_to_code
+
+    so = _storage_options(args.storage_options)
+    index = BinaryFlatIndex.load(args.index, so)
+    if args.code:
+        q = hex_to_code(args.code, index.bits)[None, :]
+    else:
+        q = index.reconstruct_ids([args.video_id])
+    dist, ids = index.search_ids(q, args.k)
+    rows = [{"video_id": v, "hamming": int(d)} for d, v in zip(dist[0], ids[0]) if v is not None]
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vhindex import fs as vfs
+    from vhindex.eval import evaluate, markdown_table
+    from vhindex.pipeline import load_codes_with_labels
+
+    cfg = _config(args)
+    so = cfg.data.storage_options or None
+    _, db_codes, db_labels = load_codes_with_labels(args.db_codes, args.db_frames, storage_options=so)
+    _, q_codes, q_labels = load_codes_with_labels(args.query_codes, args.query_frames or args.db_frames,
+                                                  num_classes=db_labels.shape[1], storage_options=so)
+    result = evaluate(db_codes, q_codes, db_labels, q_labels, ks=cfg.eval.ks, protocol=cfg.eval.protocol,
+                      pr=cfg.eval.pr_curve, precision_ns=cfg.eval.precision_ns)
+    name = args.name
+    print(markdown_table({name: result}))
+    if args.out:
+        fs, path = vfs.url_to_fs(args.out, cfg.run.storage_options or None)
+        fs.makedirs(path, exist_ok=True)
+        vfs.write_json_atomic(fs, vfs.join(fs, path, "results.json"), {name: result.to_dict()})
+        vfs.write_bytes_atomic(fs, vfs.join(fs, path, "results.md"), (markdown_table({name: result}) + "\n").encode())
+        if cfg.eval.plots and vfs.is_local(fs):
+            from vhindex.eval import plot_map_vs_k, plot_pr_curves
+
+            plot_map_vs_k({name: result}, vfs.join(fs, path, "map_vs_k.png"))
+            if cfg.eval.pr_curve:
+                plot_pr_curves({name: result}, vfs.join(fs, path, "pr_curves.png"))
+        print(f"wrote {args.out}/results.json, results.md and plots")
+    return 0
+
+
+def cmd_import_h5(args: argparse.Namespace) -> int:
+    from vhindex.data import import_paper_dataset
+
+    import_paper_dataset(args.layout, args.src, args.out, storage_options=_storage_options(args.storage_options))
+    print(f"imported {args.layout} from {args.src} -> {args.out}/{{train,query,database}}")
+    return 0
+
+
+def cmd_export_h5(args: argparse.Namespace) -> int:
+    from vhindex.data import export_h5_features
+
+    export_h5_features(args.dataset, args.feats_out, labels_out_url=args.labels_out, mat_format=args.mat_format,
+                       storage_options=_storage_options(args.storage_options))
+    print(f"exported {args.dataset} -> {args.feats_out}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(_config(args).to_yaml(), end="")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            load_config(path)
+            print(f"ok      {path}")
+        except ConfigError as err:
+            failed += 1
+            print(f"INVALID {err}")
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``vhindex`` console script."""
+    parser = argparse.ArgumentParser(prog="vhindex", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthesize data, fit baselines, index, query, print mAP@K")
+    _add_config_args(p, default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write a seeded synthetic frame-feature dataset (train/query/database)")
+    p.add_argument("--out", help="output URL (default: <run.output_dir>/data)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("validate", help="check a frame-feature dataset; errors name the file and row")
+    p.add_argument("url")
+    p.add_argument("--frames", type=int, help="expected M")
+    p.add_argument("--dim", type=int, help="expected D")
+    p.add_argument("--no-values", action="store_true", help="skip the NaN/Inf scan")
+    p.add_argument("--storage-options", help="fsspec options as JSON")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("fit", help="fit a hashing model on data.train (in-process)")
+    p.add_argument("--out", help="model URL (default: <run.output_dir>/model)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("encode", help="encode a frame-feature dataset to a codes dataset (in-process)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--frames", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--storage-options", help="fsspec options as JSON")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("index", help="build a binary index from a codes dataset")
+    p.add_argument("--codes", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--storage-options", help="fsspec options as JSON")
+    p.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser("query", help="search an index by hex code or by an indexed video id")
+    p.add_argument("--index", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--code", help="query code as hex (bit order msb0, see README)")
+    g.add_argument("--video-id", help="use this indexed video's code as the query")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--storage-options", help="fsspec options as JSON")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("eval", help="mAP@K / P@N / PR curves of codes datasets against labels")
+    p.add_argument("--db-codes", required=True)
+    p.add_argument("--query-codes", required=True)
+    p.add_argument("--db-frames", required=True, help="frame dataset holding the database labels")
+    p.add_argument("--query-frames", help="frame dataset holding the query labels (default: --db-frames)")
+    p.add_argument("--name", default="codes", help="row name in the table")
+    p.add_argument("--out", help="folder for results.json, results.md and plots")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("import-h5", help="import the papers' HDF5/.mat feature files")
+    p.add_argument("--layout", required=True, help="fcvid, activitynet, yfcc, ucf101 or hmdb51")
+    p.add_argument("--src", required=True, help="folder holding the released files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--storage-options", help="fsspec options as JSON")
+    p.set_defaults(func=cmd_import_h5)
+
+    p = sub.add_parser("export-h5", help="export a frame-feature dataset as HDF5 (+ .mat labels)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--feats-out", required=True)
+    p.add_argument("--labels-out")
+    p.add_argument("--mat-format", choices=["v5", "v7.3"], default="v5")
+    p.add_argument("--storage-options", help="fsspec options as JSON")
+    p.set_defaults(func=cmd_export_h5)
+
+    p = sub.add_parser("config", help="show or check configs")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("show", help="print the resolved config")
+    _add_config_args(c)
+    c.set_defaults(func=cmd_config_show)
+    c = csub.add_parser("check", help="validate config files")
+    c.add_argument("files", nargs="+")
+    c.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vhindex`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"vhindex: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"vhindex {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

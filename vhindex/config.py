@@ -1,0 +1,262 @@
+"""Typed configuration: YAML files in ``configs/`` + dotted command-line overrides.
+
+One root model, :class:`Config`, has a section per stage (``run``, ``data``, ``synth``, ``model``,
+``eval``, ``index``, ``demo``). Every section has defaults, and every section forbids unknown
+keys, so a typo such as ``model.bitz=64`` is an error rather than silently ignored.
+
+Loading::
+
+    cfg = load_config("configs/demo.yaml", overrides=["model.bits=64", "eval.protocol=standard"])
+
+Override values are parsed as YAML (``64`` is an int, ``[16, 32]`` a list, ``null`` is None).
+Validation reports **every** problem at once, each naming its dotted key
+(:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ProtocolName = Literal["paper", "standard"]
+
+
+class ConfigError(ValueError):
+    """A configuration failed to load or validate; ``problems`` lists ``(dotted_key, message)``."""
+
+    def __init__(self, source: str, problems: Sequence[tuple[str, str]]):
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {key}: {msg}" for key, msg in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in config {source}:\n{lines}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _check_model_name(name: str) -> str:
+    from vhindex.models import available_models
+
+    known = available_models()
+    if name not in known:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(known)}")
+    return name
+
+
+def _check_bits(value: int) -> int:
+    if value % 8 or not 8 <= value <= 4096:
+        raise ValueError(f"code length must be a multiple of 8 between 8 and 4096 bits, got {value}")
+    return value
+
+
+class RunSection(_Section):
+    """Where a run writes and how it is seeded."""
+
+    seed: int = Field(0, description="Seed for everything random in the run.")
+    output_dir: str = Field("runs/default", description="fsspec URL of the run folder.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for output_dir.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class DataSection(_Section):
+    """Frame-feature datasets (fsspec URLs) used by fit / encode / eval."""
+
+    train: str | None = None
+    query: str | None = None
+    database: str | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(1024, gt=0, description="Videos per streamed batch.")
+
+
+class SynthSection(_Section):
+    """Synthetic dataset generation (``vhindex synth``); see :mod:`vhindex.data.synth`."""
+
+    preset: str = "demo"
+    overrides: dict[str, Any] = Field(default_factory=dict, description="SynthSpec fields replacing the preset's.")
+    rows_per_file: int = Field(50_000, gt=0)
+    row_group_size: int = Field(1_000, gt=0)
+    chunk_size: int = Field(2_000, gt=0)
+
+
+class ModelSection(_Section):
+    """Which hashing model to fit and its parameters."""
+
+    name: str = "itq"
+    bits: int = 64
+    params: dict[str, Any] = Field(default_factory=dict, description="Model-specific keyword arguments.")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_ok(cls, v: int) -> int:
+        return _check_bits(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        return _check_model_name(v)
+
+    @model_validator(mode="after")
+    def _params_ok(self) -> ModelSection:
+        # Building the model checks its parameters (names and values) without fitting anything.
+        from vhindex.models import build_model
+
+        try:
+            build_model(self.name, self.bits, **self.params)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model.params: {err}") from None
+        return self
+
+
+class EvalSection(_Section):
+    """Retrieval evaluation (``vhindex eval``)."""
+
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 40, 60, 80, 100])
+    protocol: ProtocolName = "paper"
+    precision_ns: list[int] = Field(default_factory=lambda: [10, 50, 100])
+    pr_curve: bool = True
+    plots: bool = True
+
+    @field_validator("ks", "precision_ns")
+    @classmethod
+    def _positive_sorted(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("must list at least one value")
+        bad = [k for k in v if k <= 0]
+        if bad:
+            raise ValueError(f"values must be positive, got {bad}")
+        return sorted(set(v))
+
+
+class IndexSection(_Section):
+    """Binary index options."""
+
+    type: Literal["flat"] = "flat"
+    threads: int | None = Field(None, gt=0, description="faiss OpenMP threads; None keeps faiss's default.")
+    k: int = Field(10, gt=0, le=10_000, description="Neighbours returned per query.")
+
+
+class DemoSection(_Section):
+    """What ``vhindex demo`` runs."""
+
+    methods: list[str] = Field(default_factory=lambda: ["lsh", "pca_sign", "itq"])
+    bits: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    example_queries: int = Field(3, ge=0)
+    show_top: int = Field(5, gt=0)
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_ok(cls, v: list[int]) -> list[int]:
+        for b in v:
+            _check_bits(b)
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_ok(cls, v: list[str]) -> list[str]:
+        for name in v:
+            _check_model_name(name)
+        return v
+
+
+class Config(_Section):
+    """The root configuration; every YAML file in ``configs/`` validates against it."""
+
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    synth: SynthSection = Field(default_factory=SynthSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    index: IndexSection = Field(default_factory=IndexSection)
+    demo: DemoSection = Field(default_factory=DemoSection)
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML (logged by jobs and saved in run folders)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
+    """Parse ``a.b.c=value`` strings into ``(["a", "b", "c"], value)``; values are YAML scalars/lists."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("command line", [(item, "override must look like key.sub=value")])
+        key, _, raw = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError("command line", [(item, "empty key in override")])
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError("command line", [(key, f"cannot parse value {raw!r}: {err}")]) from err
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied (creating nested dicts as needed)."""
+    data = copy.deepcopy(data)
+    for path, value in parse_overrides(overrides):
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError("command line", [(".".join(path), f"{part!r} is not a section")])
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_validation_error(err: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `vhindex config show` for the known keys)"
+        elif "input" in e and e["type"] not in ("missing",):
+            msg = f"{msg} (got {e['input']!r})"
+        msg = msg.removeprefix("Value error, ")
+        # Section-level validators name their own key ("model.params: ...").
+        if msg.startswith(f"{key}.") and ": " in msg:
+            key, _, msg = msg.partition(": ")
+        problems.append((key, msg))
+    return problems
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a plain dict into a :class:`Config`, reporting every problem at once."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("<root>", f"expected a mapping of sections, got {type(data).__name__}")])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        problems = _format_validation_error(err)
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise ConfigError(source, [("<file>", "config file not found")]) from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(source, [("<file>", f"invalid YAML: {err}")]) from err
+    overrides = list(overrides)
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    return config_from_dict(apply_overrides(data, overrides), source)

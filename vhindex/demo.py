@@ -1,0 +1,161 @@
+"""``vhindex demo``: the whole single-machine pipeline on an embedded synthetic dataset.
+
+synthesize (or reuse) a dataset -> fit each baseline at each code length -> encode query and
+database splits to codes datasets -> mAP@K table -> build a binary index -> answer example
+queries -> write results (JSON, markdown, PNG plots) into the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import numpy as np
+
+from vhindex import fs as vfs
+from vhindex.config import Config
+from vhindex.data import CodesDataset, FrameDataset
+from vhindex.data.synth import SYNTH_PRESETS, write_synthetic
+from vhindex.eval import evaluate, markdown_table
+from vhindex.index import BinaryFlatIndex
+from vhindex.pipeline import encode_dataset, fit_model, labels_for
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "query", "database")
+
+
+@dataclass
+class DemoResult:
+    """Outputs of a demo run (also written to ``<output_dir>/eval``)."""
+
+    table_markdown: str
+    results: dict = field(default_factory=dict)
+    best_method: str = ""
+    seconds: float = 0.0
+
+
+def synth_spec_from_config(cfg: Config):
+    """The :class:`~vhindex.data.synth.SynthSpec` a config asks for (preset + overrides + run seed)."""
+    if cfg.synth.preset not in SYNTH_PRESETS:
+        raise ValueError(f"synth.preset: unknown preset {cfg.synth.preset!r}; choose from {sorted(SYNTH_PRESETS)}")
+    base = SYNTH_PRESETS[cfg.synth.preset]
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(cfg.synth.overrides) - fields)
+    if unknown:
+        raise ValueError(f"synth.overrides: unknown field(s) {unknown}; known: {sorted(fields)}")
+    return dataclasses.replace(base, **{"seed": cfg.run.seed, **cfg.synth.overrides})
+
+
+def ensure_synthetic(cfg: Config, data_url: str, out: TextIO | None = None) -> None:
+    """Write the configured synthetic dataset at ``data_url`` unless an identical one is complete there."""
+    spec = synth_spec_from_config(cfg)
+    fs, root = vfs.url_to_fs(data_url, cfg.run.storage_options)
+    spec_path = vfs.join(fs, root, "synth_spec.json")
+    want = json.loads(json.dumps(dataclasses.asdict(spec)))
+    if fs.exists(spec_path):
+        complete = all(fs.exists(vfs.join(fs, root, s, "_manifest.json")) for s in SPLITS)
+        if complete and vfs.read_json(fs, spec_path).get("spec", vfs.read_json(fs, spec_path)) == want:
+            _say(out, f"reusing synthetic dataset at {data_url}")
+            return
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    _say(out, f"synthesizing {spec.train} train / {spec.query} query / {spec.database} database videos "
+              f"({spec.num_frames} frames x {spec.feature_dim} dims) into {data_url} ...")
+    t0 = time.perf_counter()
+    write_synthetic(
+        spec,
+        data_url,
+        rows_per_file=cfg.synth.rows_per_file,
+        row_group_size=cfg.synth.row_group_size,
+        chunk_size=cfg.synth.chunk_size,
+        storage_options=cfg.run.storage_options,
+    )
+    _say(out, f"  done in {time.perf_counter() - t0:.1f}s")
+
+
+def run_demo(cfg: Config, out: TextIO | None = None) -> DemoResult:
+    """Run the demo pipeline described in the module docstring; print progress to ``out``."""
+    t_start = time.perf_counter()
+    so = cfg.run.storage_options
+    root = cfg.run.output_dir.rstrip("/")
+    data_url = f"{root}/data"
+    ensure_synthetic(cfg, data_url, out)
+    train, query, database = (FrameDataset.open(f"{data_url}/{s}", so) for s in SPLITS)
+    num_classes = database.meta.num_classes
+
+    results = {}
+    for bits in cfg.demo.bits:
+        for method in cfg.demo.methods:
+            name = f"{method}-{bits}"
+            t0 = time.perf_counter()
+            model = fit_model(method, bits, train, seed=cfg.run.seed, batch_size=cfg.data.batch_size)
+            model.save(f"{root}/models/{name}", so)
+            codes = {}
+            for split, frames in (("query", query), ("database", database)):
+                url = f"{root}/codes/{name}/{split}"
+                encode_dataset(model, frames, url, batch_size=cfg.data.batch_size, storage_options=so, overwrite=True)
+                ids, packed = CodesDataset.open(url, so).read_all()
+                codes[split] = (ids, packed, labels_for(ids, frames, num_classes))
+            results[name] = evaluate(
+                codes["database"][1], codes["query"][1], codes["database"][2], codes["query"][2],
+                ks=cfg.eval.ks, protocol=cfg.eval.protocol, pr=cfg.eval.pr_curve,
+                precision_ns=cfg.eval.precision_ns,
+            )
+            _say(out, f"  {name:<14s} fit+encode+eval {time.perf_counter() - t0:5.1f}s   "
+                      f"mAP@{cfg.eval.ks[0]} = {results[name].map_at_k[cfg.eval.ks[0]]:.4f}")
+
+    table = markdown_table(results)
+    _say(out, f"\nmAP@K ({cfg.eval.protocol} protocol), {query.num_videos} queries vs {database.num_videos} videos:\n")
+    _say(out, table)
+
+    eval_dir = f"{root}/eval"
+    fs, eval_path = vfs.url_to_fs(eval_dir, so)
+    fs.makedirs(eval_path, exist_ok=True)
+    vfs.write_json_atomic(fs, vfs.join(fs, eval_path, "results.json"), {k: r.to_dict() for k, r in results.items()})
+    vfs.write_bytes_atomic(fs, vfs.join(fs, eval_path, "results.md"), (table + "\n").encode())
+    if cfg.eval.plots and vfs.is_local(fs):
+        from vhindex.eval import plot_map_vs_k, plot_pr_curves
+
+        plot_map_vs_k(results, vfs.join(fs, eval_path, "map_vs_k.png"))
+        if cfg.eval.pr_curve:
+            plot_pr_curves(results, vfs.join(fs, eval_path, "pr_curves.png"))
+
+    # Index the best code of the largest length and answer a few queries with it.
+    top_bits = max(cfg.demo.bits)
+    first_k = cfg.eval.ks[0]
+    best = max((f"{m}-{top_bits}" for m in cfg.demo.methods), key=lambda n: results[n].map_at_k[first_k])
+    db_ids, db_codes = CodesDataset.open(f"{root}/codes/{best}/database", so).read_all()
+    index = BinaryFlatIndex(top_bits)
+    index.add(db_ids, db_codes)
+    index.save(f"{root}/index/{best}", so)
+    index = BinaryFlatIndex.load(f"{root}/index/{best}", so)
+    q_ids, q_codes = CodesDataset.open(f"{root}/codes/{best}/query", so).read_all()
+    q_labels = labels_for(q_ids, query, num_classes)
+    db_labels = labels_for(db_ids, database, num_classes)
+    db_pos = {v: i for i, v in enumerate(db_ids)}
+    n_show = min(cfg.demo.example_queries, len(q_ids))
+    if n_show:
+        _say(out, f"\nExample queries against the {best} index ({index.ntotal} videos, saved to {root}/index/{best}):")
+        rng = np.random.default_rng(cfg.run.seed)
+        for qi in rng.choice(len(q_ids), size=n_show, replace=False):
+            dist, hit_ids = index.search_ids(q_codes[qi : qi + 1], cfg.demo.show_top)
+            qlab = set(np.flatnonzero(q_labels[qi]).tolist())
+            _say(out, f"  query {q_ids[qi]} labels {sorted(qlab)}")
+            for d, vid in zip(dist[0], hit_ids[0]):
+                dlab = set(np.flatnonzero(db_labels[db_pos[vid]]).tolist())
+                mark = "relevant" if qlab & dlab else "-"
+                _say(out, f"    {vid:<18s} hamming {int(d):3d}  labels {sorted(dlab)}  {mark}")
+
+    seconds = time.perf_counter() - t_start
+    _say(out, f"\nresults in {eval_dir} (results.json, results.md, plots); demo took {seconds:.1f}s")
+    return DemoResult(table_markdown=table, results=results, best_method=best, seconds=seconds)
+
+
+def _say(out: TextIO | None, text: str) -> None:
+    if out is not None:
+        print(text, file=out, flush=True)

@@ -1,0 +1,85 @@
+"""fsspec helpers shared by every stage: resolve URLs, join paths, write atomically.
+
+Every location in vhindex is an fsspec URL (a local path, ``memory://...``, ``s3://...``,
+``gs://...``). Credentials and endpoints travel as ``storage_options`` (a dict passed through to
+the fsspec filesystem), which come from config -- never from hard-coded defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+
+def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    """Return ``(filesystem, path-inside-filesystem)`` for an fsspec URL.
+
+    Args:
+        url: local path or URL with a protocol (``s3://bucket/prefix``).
+        storage_options: keyword arguments for the filesystem (e.g. ``{"key": ..., "secret": ...,
+            "client_kwargs": {"endpoint_url": ...}}`` for S3).
+    """
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"expected a non-empty URL or path string, got {url!r}")
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path.rstrip("/") or path
+
+
+def join(fs: AbstractFileSystem, base: str, *parts: str) -> str:
+    """Join path parts the way the filesystem expects (posix separators for object stores)."""
+    if is_local(fs):
+        return os.path.join(base, *parts)
+    return posixpath.join(base, *parts)
+
+
+def unstrip(fs: AbstractFileSystem, path: str) -> str:
+    """Turn a filesystem-internal path back into a full URL (``bucket/x`` -> ``s3://bucket/x``)."""
+    return fs.unstrip_protocol(path)
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    """True for the local filesystem (paths use the OS separator, files can be renamed)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def write_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either nothing or the whole file.
+
+    Local and memory filesystems get write-to-temporary-then-rename. Object stores (S3, GCS)
+    make a single PUT visible atomically already, so they are written directly.
+    """
+    parent = os.path.dirname(path) if is_local(fs) else posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local", "memory"):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    else:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+
+def write_json_atomic(fs: AbstractFileSystem, path: str, obj: Any) -> None:
+    """Write ``obj`` as pretty JSON atomically (see :func:`write_bytes_atomic`)."""
+    write_bytes_atomic(fs, path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(fs: AbstractFileSystem, path: str) -> Any:
+    """Read a JSON file, naming the file in the error if it is missing or malformed."""
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{unstrip(fs, path)} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{unstrip(fs, path)} is not valid JSON: {err}") from err

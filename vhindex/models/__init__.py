@@ -1,0 +1,44 @@
+"""Hashing models: the :class:`HashModel` interface, the registry and the unsupervised baselines.
+
+>>> model = build_model("itq", bits=32).fit(lambda: iter(batches), seed=0)   # doctest: +SKIP
+>>> codes = model.encode_packed(frames)                                       # doctest: +SKIP
+
+Later models (BTH, DKPH, NPH, ...) subclass :class:`HashModel` and register with
+:func:`register_model`.
+"""
+
+from vhindex.models.base import (
+    MODEL_REGISTRY,
+    BatchSource,
+    FrameShape,
+    HashModel,
+    StreamingMoments,
+    available_models,
+    build_model,
+    iter_pooled,
+    load_model,
+    mean_pool,
+    register_model,
+    signs,
+)
+from vhindex.models.baselines import ITQ, LSH, PCASign, quantization_loss, random_orthogonal
+
+__all__ = [
+    "ITQ",
+    "LSH",
+    "MODEL_REGISTRY",
+    "BatchSource",
+    "FrameShape",
+    "HashModel",
+    "PCASign",
+    "StreamingMoments",
+    "available_models",
+    "build_model",
+    "iter_pooled",
+    "load_model",
+    "mean_pool",
+    "quantization_loss",
+    "random_orthogonal",
+    "register_model",
+    "signs",
+]
