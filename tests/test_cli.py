@@ -29,7 +29,7 @@ def test_demo_runs_end_to_end(tmp_path):
     results = json.loads((out / "eval" / "results.json").read_text())
     assert set(results) == {f"{m}-{b}" for m in ("lsh", "pca_sign", "itq") for b in (16, 32)}
     for r in results.values():
-        maps = {int(k): v for k, v in r["map"].items()}
+        maps = {int(k): v for k, v in r["map_at_k"].items()}
         assert 0.0 < maps[5] <= 1.0
     assert (out / "eval" / "map_vs_k.png").stat().st_size > 1000
     assert (out / "eval" / "pr_curves.png").stat().st_size > 1000
@@ -64,7 +64,7 @@ def test_stage_commands_chain(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "itq-32" in table
     res = json.loads((tmp_path / "eval" / "results.json").read_text())["itq-32"]
-    assert 0.0 < float(res["map"]["5"]) <= 1.0
+    assert 0.0 < float(res["map_at_k"]["5"]) <= 1.0
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

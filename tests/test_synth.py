@@ -161,6 +161,14 @@ def test_label_distribution(stats_sample):
     assert _multi_hot(labels, STATS.num_classes).any(axis=0).all()
 
 
+def test_query_clips_are_always_labelled():
+    spec = dataclasses.replace(TINY, query=512, database=512, noise_clip_fraction=0.5)
+    _, _, q_labels = generate_chunk(spec, "query", 0, 512)
+    assert all(len(lab) >= 1 for lab in q_labels)
+    _, _, db_labels = generate_chunk(spec, "database", 0, 512)
+    assert 0.4 < np.mean([len(lab) == 0 for lab in db_labels]) < 0.6
+
+
 def test_shot_structure_is_consistent(stats_sample):
     _, _, labels = stats_sample
     st = shot_structure(STATS, "database", 0, STATS.database)

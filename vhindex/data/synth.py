@@ -25,7 +25,8 @@ standard normal vector there.
 
 *Per clip* (drawn from the clip's own random stream):
 
-1. With probability ``noise_clip_fraction`` the clip is a pure distractor: labels ``[]``.
+1. With probability ``noise_clip_fraction`` the clip is a pure distractor: labels ``[]``
+   (train and database splits only: query clips are always labelled, as in the papers' query sets).
    Otherwise it has 1 label, or 2 distinct labels with probability ``prob_two_labels``; classes
    are uniform.
 2. A clip offset ``o ~ N(0, clip_offset_std^2 I)`` (the clip's "style": camera, lighting).
@@ -384,7 +385,8 @@ def _latents_block(
     eta = normals[:, L + 2 * S * L:].reshape(B, M, L)
 
     # --- labels ---------------------------------------------------------------------------------
-    is_noise = u_noise < spec.noise_clip_fraction
+    # Query sets are labelled (as in FCVID / ActivityNet / YFCC): distractors only in train/database.
+    is_noise = (u_noise < spec.noise_clip_fraction) & (split_code != SPLIT_CODES["query"])
     n_labels = np.where(is_noise, 0, np.where(u_two < spec.prob_two_labels, 2, 1))
     c1 = np.minimum((u_c1 * C).astype(np.int64), C - 1)
     c2 = (c1 + 1 + np.minimum((u_c2 * max(C - 1, 1)).astype(np.int64), max(C - 2, 0))) % C

@@ -66,19 +66,19 @@ def unpack_codes(packed: np.ndarray, bits: int | None = None, dtype: type = np.i
 def as_packed(codes: np.ndarray) -> np.ndarray:
     """Accept codes either packed (``uint8``) or as {-1, +1} values and return them packed.
 
-    A ``uint8`` array is taken as already packed; any other dtype is taken as {-1, +1} values
-    (so a {0, 1} bit matrix must be converted by the caller; 0 would read as -1).
+    A ``uint8`` array is taken as already packed; any other dtype is taken as {-1, +1} values.
+    0 (a tie in mean-pooled per-frame codes) packs as a cleared bit like -1, so a {0, 1} bit
+    matrix of a non-uint8 dtype also packs correctly.
     """
     codes = np.asarray(codes)
     if codes.dtype == np.uint8:
         if codes.ndim != 2:
             raise ValueError(f"packed codes must be 2-D (N, bytes), got shape {codes.shape}")
         return np.ascontiguousarray(codes)
-    values = np.unique(codes) if codes.size <= 1_000_000 else np.unique(codes[:1000])
-    if not np.all(np.isin(values, (-1, 0, 1))):
-        raise ValueError(
-            f"codes must be packed uint8 bytes or values in {{-1, +1}}; found values {values[:5].tolist()}"
-        )
+    valid = (codes == 1) | (codes == -1) | (codes == 0)
+    if not valid.all():
+        bad = np.unique(codes[~valid])[:5].tolist()
+        raise ValueError(f"codes must be packed uint8 bytes or values in {{-1, +1}}; found values {bad}")
     return pack_codes(codes)
 
 
