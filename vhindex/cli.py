@@ -131,7 +131,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     else:
         q = index.reconstruct_ids([args.video_id])
     dist, ids = index.search_ids(q, args.k)
-    rows = [{"video_id": v, "hamming": int(d)} for d, v in zip(dist[0], ids[0]) if v is not None]
+    rows = [{"video_id": v, "hamming": int(d)} for d, v in zip(dist[0], ids[0], strict=False) if v is not None]
     print(json.dumps(rows, indent=1))
     return 0
 

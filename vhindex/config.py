@@ -221,7 +221,7 @@ def _format_validation_error(err: ValidationError) -> list[tuple[str, str]]:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see `vhindex config show` for the known keys)"
-        elif "input" in e and e["type"] not in ("missing",):
+        elif "input" in e and e["type"] not in ("missing",) and "got " not in msg:
             msg = f"{msg} (got {e['input']!r})"
         msg = msg.removeprefix("Value error, ")
         # Section-level validators name their own key ("model.params: ...").

@@ -146,7 +146,7 @@ def run_demo(cfg: Config, out: TextIO | None = None) -> DemoResult:
             dist, hit_ids = index.search_ids(q_codes[qi : qi + 1], cfg.demo.show_top)
             qlab = set(np.flatnonzero(q_labels[qi]).tolist())
             _say(out, f"  query {q_ids[qi]} labels {sorted(qlab)}")
-            for d, vid in zip(dist[0], hit_ids[0]):
+            for d, vid in zip(dist[0], hit_ids[0], strict=False):
                 dlab = set(np.flatnonzero(db_labels[db_pos[vid]]).tolist())
                 mark = "relevant" if qlab & dlab else "-"
                 _say(out, f"    {vid:<18s} hamming {int(d):3d}  labels {sorted(dlab)}  {mark}")
