@@ -39,6 +39,15 @@ def test_demo_runs_end_to_end(tmp_path):
                 "demo.bits=[16]", "demo.methods=[lsh]", "demo.example_queries=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reusing synthetic dataset" in proc.stdout
+    # Data from another generator version / spec (different spec_hash) is rebuilt, not reused.
+    spec_file = out / "data" / "synth_spec.json"
+    spec = json.loads(spec_file.read_text())
+    spec_file.write_text(json.dumps({**spec, "spec_hash": "stale"}))
+    proc = _cli("demo", "--config", "configs/demo.yaml", "synth.preset=tiny", f"run.output_dir={out}",
+                "demo.bits=[16]", "demo.methods=[lsh]", "demo.example_queries=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "synthesizing" in proc.stdout and "reusing" not in proc.stdout
+    assert json.loads(spec_file.read_text())["spec_hash"] == spec["spec_hash"]
 
 
 def test_stage_commands_chain(tmp_path, capsys):

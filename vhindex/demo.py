@@ -8,7 +8,6 @@ queries -> write results (JSON, markdown, PNG plots) into the run folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ import numpy as np
 from vhindex import fs as vfs
 from vhindex.config import Config
 from vhindex.data import CodesDataset, FrameDataset
-from vhindex.data.synth import SYNTH_PRESETS, write_synthetic
+from vhindex.data.schema import MANIFEST_NAME
+from vhindex.data.synth import SPEC_FILE_NAME, SYNTH_PRESETS, write_synthetic
 from vhindex.eval import evaluate, markdown_table
 from vhindex.index import BinaryFlatIndex
 from vhindex.pipeline import encode_dataset, fit_model, labels_for
@@ -55,11 +55,11 @@ def ensure_synthetic(cfg: Config, data_url: str, out: TextIO | None = None) -> N
     """Write the configured synthetic dataset at ``data_url`` unless an identical one is complete there."""
     spec = synth_spec_from_config(cfg)
     fs, root = vfs.url_to_fs(data_url, cfg.run.storage_options)
-    spec_path = vfs.join(fs, root, "synth_spec.json")
-    want = json.loads(json.dumps(dataclasses.asdict(spec)))
+    spec_path = vfs.join(fs, root, SPEC_FILE_NAME)
     if fs.exists(spec_path):
-        complete = all(fs.exists(vfs.join(fs, root, s, "_manifest.json")) for s in SPLITS)
-        if complete and vfs.read_json(fs, spec_path).get("spec", vfs.read_json(fs, spec_path)) == want:
+        complete = all(fs.exists(vfs.join(fs, root, s, MANIFEST_NAME)) for s in SPLITS)
+        # spec_hash covers the generator version too: data from an older generator is rebuilt.
+        if complete and vfs.read_json(fs, spec_path).get("spec_hash") == spec.spec_hash():
             _say(out, f"reusing synthetic dataset at {data_url}")
             return
     if fs.exists(root):

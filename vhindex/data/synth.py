@@ -88,7 +88,7 @@ from vhindex.data.schema import FrameDatasetMeta
 logger = logging.getLogger(__name__)
 
 #: Version of the generative model; bump whenever the same spec would produce different data.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: query clips are never noise clips
 #: Videos per aligned generation block (fixes array shapes so results never depend on chunking).
 BLOCK_SIZE = 64
 #: Extractor name recorded in the dataset metadata.
