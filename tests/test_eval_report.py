@@ -76,3 +76,21 @@ def test_plots(results, tmp_path):
         assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="pr=True"):
         plot_pr_curves({"x": results["no-pr"]}, tmp_path / "none.png")
+
+
+def test_write_report_to_any_fsspec_url(results, s3_server):
+    import fsspec
+
+    from vhindex.eval import write_report
+
+    for url, so in ((f"memory://report-{id(results)}", None), (s3_server.url("report"), s3_server.storage_options)):
+        names = write_report(results, url, storage_options=so)
+        assert set(names) == {"results.json", "results.md", "map_vs_k.png", "pr_curves.png"}
+        fs, root = fsspec.core.url_to_fs(url, **(so or {}))
+        back = json.loads(fs.cat(f"{root}/results.json"))
+        assert {k: EvalResult.from_dict(v).map_at_k for k, v in back.items()} == {
+            k: r.map_at_k for k, r in results.items()
+        }
+        assert fs.cat(f"{root}/results.md").decode().strip() == markdown_table(results)
+        for png in ("map_vs_k.png", "pr_curves.png"):
+            assert fs.cat(f"{root}/{png}")[:8] == b"\x89PNG\r\n\x1a\n"

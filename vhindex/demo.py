@@ -20,7 +20,7 @@ from vhindex.config import Config
 from vhindex.data import CodesDataset, FrameDataset
 from vhindex.data.schema import MANIFEST_NAME
 from vhindex.data.synth import SPEC_FILE_NAME, SYNTH_PRESETS, write_synthetic
-from vhindex.eval import evaluate, markdown_table
+from vhindex.eval import evaluate, markdown_table, write_report
 from vhindex.index import BinaryFlatIndex
 from vhindex.pipeline import encode_dataset, fit_model, labels_for
 
@@ -114,16 +114,7 @@ def run_demo(cfg: Config, out: TextIO | None = None) -> DemoResult:
     _say(out, table)
 
     eval_dir = f"{root}/eval"
-    fs, eval_path = vfs.url_to_fs(eval_dir, so)
-    fs.makedirs(eval_path, exist_ok=True)
-    vfs.write_json_atomic(fs, vfs.join(fs, eval_path, "results.json"), {k: r.to_dict() for k, r in results.items()})
-    vfs.write_bytes_atomic(fs, vfs.join(fs, eval_path, "results.md"), (table + "\n").encode())
-    if cfg.eval.plots and vfs.is_local(fs):
-        from vhindex.eval import plot_map_vs_k, plot_pr_curves
-
-        plot_map_vs_k(results, vfs.join(fs, eval_path, "map_vs_k.png"))
-        if cfg.eval.pr_curve:
-            plot_pr_curves(results, vfs.join(fs, eval_path, "pr_curves.png"))
+    write_report(results, eval_dir, storage_options=so, plots=cfg.eval.plots)
 
     # Index the best code of the largest length and answer a few queries with it.
     top_bits = max(cfg.demo.bits)

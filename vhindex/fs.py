@@ -7,6 +7,7 @@ the fsspec filesystem), which come from config -- never from hard-coded defaults
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -83,3 +84,70 @@ def read_json(fs: AbstractFileSystem, path: str) -> Any:
         raise FileNotFoundError(f"{unstrip(fs, path)} does not exist") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{unstrip(fs, path)} is not valid JSON: {err}") from err
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data`` (the checksum recorded in manifests)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_files_then_manifest(
+    fs: AbstractFileSystem, root: str, files: dict[str, bytes], manifest: dict[str, Any], manifest_name: str
+) -> None:
+    """Write ``files`` atomically, then ``manifest`` + their sizes and SHA-256 sums, **last**.
+
+    A folder whose manifest is missing is an incomplete write; readers verify each file against
+    the manifest with :func:`read_verified_files`.
+    """
+    for name, data in files.items():
+        write_bytes_atomic(fs, join(fs, root, name), data)
+    entries = {name: {"sha256": sha256_hex(data), "bytes": len(data)} for name, data in files.items()}
+    write_json_atomic(fs, join(fs, root, manifest_name), {**manifest, "files": entries})
+
+
+def read_verified_files(
+    fs: AbstractFileSystem, root: str, url: str, manifest: dict[str, Any], names: list[str] | tuple[str, ...]
+) -> dict[str, bytes]:
+    """Read the files a manifest lists and check their SHA-256 sums; errors name the file and the fix."""
+    blobs = {}
+    for name in names:
+        try:
+            with fs.open(join(fs, root, name), "rb") as f:
+                blobs[name] = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{url}: {name} listed in the manifest is missing") from None
+        want = manifest.get("files", {}).get(name, {}).get("sha256")
+        if want is None:
+            raise ValueError(f"{url}: the manifest lists no sha256 for {name}; it is malformed -- save again")
+        got = sha256_hex(blobs[name])
+        if got != want:
+            raise ValueError(
+                f"checksum mismatch for {name} in {url}: sha256 {got[:16]}... but the manifest says {want[:16]}...; "
+                "the file is corrupt or changed after saving -- save it again"
+            )
+    return blobs
+
+
+def prepare_dataset_folder(fs: AbstractFileSystem, root: str, url: str, overwrite: bool, manifest_name: str) -> None:
+    """Make ``root`` ready for a new dataset: refuse a non-empty folder unless ``overwrite``.
+
+    With ``overwrite`` the manifest is removed **first** (so a half-removed dataset is never taken
+    as complete), then the Parquet part files; other files are left alone.
+    """
+    try:
+        entries = fs.ls(root, detail=False) if fs.isdir(root) else []
+    except FileNotFoundError:
+        entries = []
+    if entries:
+        if not overwrite:
+            raise FileExistsError(
+                f"refusing to write dataset into non-empty folder {url} ({len(entries)} entries); "
+                "choose a new location or pass overwrite=True to replace the dataset there"
+            )
+        manifest = join(fs, root, manifest_name)
+        if fs.exists(manifest):
+            fs.rm(manifest)
+        for entry in entries:
+            if str(entry).endswith(".parquet"):
+                fs.rm(entry)
+    fs.makedirs(root, exist_ok=True)

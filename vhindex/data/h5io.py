@@ -610,15 +610,5 @@ def import_paper_dataset(
 
 
 def _write_shared_manifest(fs: Any, root: str, manifest: DatasetManifest, overwrite: bool, url: str) -> None:
-    try:
-        entries = fs.ls(root, detail=False) if fs.isdir(root) else []
-    except FileNotFoundError:
-        entries = []
-    if entries:
-        if not overwrite:
-            raise FileExistsError(f"refusing to write into non-empty folder {url}; pass overwrite=True to replace it")
-        for entry in entries:
-            if str(entry).endswith((".parquet", MANIFEST_NAME)):
-                fs.rm(entry)
-    fs.makedirs(root, exist_ok=True)
+    vfs.prepare_dataset_folder(fs, root, url, overwrite, MANIFEST_NAME)
     vfs.write_json_atomic(fs, vfs.join(fs, root, MANIFEST_NAME), manifest.to_dict())

@@ -16,7 +16,7 @@ from vhindex.eval.metrics import (
     pr_curve,
     precision_at_n,
 )
-from vhindex.eval.report import markdown_table, plot_map_vs_k, plot_pr_curves
+from vhindex.eval.report import markdown_table, plot_map_vs_k, plot_pr_curves, write_report
 from vhindex.eval.topk import auto_chunk_size, hamming_distances_chunk, stable_topk_hamming
 
 __all__ = [
@@ -35,4 +35,5 @@ __all__ = [
     "pr_curve",
     "precision_at_n",
     "stable_topk_hamming",
+    "write_report",
 ]

@@ -7,6 +7,7 @@ importing :mod:`vhindex.eval` stays cheap and headless-safe.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from vhindex.eval.metrics import EvalResult
 
-__all__ = ["markdown_table", "plot_map_vs_k", "plot_pr_curves"]
+__all__ = ["markdown_table", "plot_map_vs_k", "plot_pr_curves", "write_report"]
 
 
 def _check_results(results: Mapping[str, EvalResult], what: str) -> None:
@@ -80,9 +81,15 @@ def plot_map_vs_k(results: Mapping[str, EvalResult], path: str | os.PathLike, ti
     Returns:
         The written path.
     """
-    _check_results(results, "plot_map_vs_k")
+    fig = _map_vs_k_figure(results, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _map_vs_k_figure(results: Mapping[str, EvalResult], title: str | None):
+    _check_results(results, "plot_map_vs_k")
     fig, ax = _new_figure((6, 4))
     for name, r in results.items():
         ks = sorted(r.map_at_k)
@@ -94,8 +101,7 @@ def plot_map_vs_k(results: Mapping[str, EvalResult], path: str | os.PathLike, ti
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return fig
 
 
 def plot_pr_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, title: str | None = None) -> Path:
@@ -114,12 +120,18 @@ def plot_pr_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, t
     Raises:
         ValueError: If no result holds a PR curve.
     """
+    fig = _pr_figure(results, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _pr_figure(results: Mapping[str, EvalResult], title: str | None):
     _check_results(results, "plot_pr_curves")
     with_pr = {n: r for n, r in results.items() if r.pr is not None}
     if not with_pr:
         raise ValueError("plot_pr_curves: no result has a PR curve; evaluate with pr=True")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = _new_figure((5, 5))
     for name, r in with_pr.items():
         ok = ~np.isnan(r.pr.precision) & ~np.isnan(r.pr.recall)
@@ -132,5 +144,42 @@ def plot_pr_curves(results: Mapping[str, EvalResult], path: str | os.PathLike, t
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return fig
+
+
+def write_report(
+    results: Mapping[str, EvalResult],
+    url: str,
+    *,
+    storage_options: dict | None = None,
+    plots: bool = True,
+) -> list[str]:
+    """Write ``results.json``, ``results.md`` and (``plots``) ``map_vs_k.png`` / ``pr_curves.png`` to ``url``.
+
+    ``url`` is any fsspec folder URL (plots are rendered in memory, so ``s3://`` works too).
+
+    Returns:
+        The names of the files written.
+    """
+    import io
+
+    from vhindex import fs as vfs
+
+    _check_results(results, "write_report")
+    fs, root = vfs.url_to_fs(url, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    files = {
+        "results.json": (json.dumps({k: r.to_dict() for k, r in results.items()}, indent=2) + "\n").encode(),
+        "results.md": (markdown_table(results) + "\n").encode(),
+    }
+    if plots:
+        figures = {"map_vs_k.png": _map_vs_k_figure(results, None)}
+        if any(r.pr is not None for r in results.values()):
+            figures["pr_curves.png"] = _pr_figure(results, None)
+        for name, fig in figures.items():
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png")
+            files[name] = buf.getvalue()
+    for name, data in files.items():
+        vfs.write_bytes_atomic(fs, vfs.join(fs, root, name), data)
+    return list(files)

@@ -20,7 +20,6 @@ it, and refuses files whose checksum differs from the manifest.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from vhindex.fs import join, read_json, url_to_fs, write_bytes_atomic, write_json_atomic
+from vhindex.fs import join, read_json, read_verified_files, url_to_fs, write_files_then_manifest
 from vhindex.index.codes import BIT_ORDER, as_packed
 from vhindex.index.idmap import IdMap
 
@@ -46,10 +45,6 @@ _FAISS_PAD = np.iinfo(np.int32).max
 def pad_distance(bits: int) -> int:
     """Distance reported for padded result slots (position ``-1``): ``bits + 1``."""
     return bits + 1
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @contextlib.contextmanager
@@ -185,8 +180,6 @@ class BinaryFlatIndex:
         fs, root = url_to_fs(url, storage_options)
         index_bytes = faiss.serialize_index_binary(self.index).tobytes()
         ids_bytes = self.idmap.to_parquet_bytes()
-        write_bytes_atomic(fs, join(fs, root, INDEX_FILE), index_bytes)
-        write_bytes_atomic(fs, join(fs, root, IDS_FILE), ids_bytes)
         manifest = {
             "format": FORMAT_BINARY_FLAT,
             "format_version": FORMAT_VERSION,
@@ -194,12 +187,8 @@ class BinaryFlatIndex:
             "count": self.ntotal,
             "bit_order": BIT_ORDER,
             "model_version": self.model_version,
-            "files": {
-                INDEX_FILE: {"sha256": _sha256(index_bytes), "bytes": len(index_bytes)},
-                IDS_FILE: {"sha256": _sha256(ids_bytes), "bytes": len(ids_bytes)},
-            },
         }
-        write_json_atomic(fs, join(fs, root, MANIFEST_FILE), manifest)
+        write_files_then_manifest(fs, root, {INDEX_FILE: index_bytes, IDS_FILE: ids_bytes}, manifest, MANIFEST_FILE)
         logger.info("saved %r to %s (%d bytes)", self, url, len(index_bytes) + len(ids_bytes))
 
     @classmethod
@@ -228,23 +217,7 @@ class BinaryFlatIndex:
             )
         if manifest.get("bit_order", BIT_ORDER) != BIT_ORDER:
             raise ValueError(f"{url} uses bit order {manifest['bit_order']!r}, expected {BIT_ORDER!r}")
-        blobs = {}
-        for name in (INDEX_FILE, IDS_FILE):
-            path = join(fs, root, name)
-            try:
-                with fs.open(path, "rb") as f:
-                    blobs[name] = f.read()
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{url}: {name} listed in the manifest is missing") from None
-            want = manifest.get("files", {}).get(name, {}).get("sha256")
-            if want is None:
-                raise ValueError(f"{url}: the manifest lists no sha256 for {name}; it is malformed -- save again")
-            got = _sha256(blobs[name])
-            if got != want:
-                raise ValueError(
-                    f"checksum mismatch for {name} in {url}: sha256 {got[:16]}... but the manifest says "
-                    f"{want[:16]}...; the file is corrupt or was changed after saving -- rebuild the index"
-                )
+        blobs = read_verified_files(fs, root, url, manifest, (INDEX_FILE, IDS_FILE))
         bits, count = int(manifest["bits"]), int(manifest["count"])
         self = cls(bits, num_threads=num_threads, model_version=manifest.get("model_version", ""))
         self.index = faiss.deserialize_index_binary(np.frombuffer(blobs[INDEX_FILE], dtype=np.uint8))

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from vhindex.fs import join, read_json, url_to_fs, write_bytes_atomic, write_json_atomic
+from vhindex.fs import join, read_json, read_verified_files, url_to_fs, write_files_then_manifest
 from vhindex.index.codes import pack_codes
 
 logger = logging.getLogger(__name__)
@@ -96,10 +96,6 @@ def _check_bits(bits: Any) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
         raise ValueError(f"bits must be a positive multiple of 8 (codes are packed into bytes), got {bits!r}")
     return int(bits)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def signs(x: np.ndarray) -> np.ndarray:
@@ -236,23 +232,14 @@ class HashModel(abc.ABC):
         buf = io.BytesIO()
         np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in self.get_weights().items()})
         weights_bytes = buf.getvalue()
-        write_bytes_atomic(fs, join(fs, root, MODEL_FILE), model_bytes)
-        write_bytes_atomic(fs, join(fs, root, WEIGHTS_FILE), weights_bytes)
-        write_json_atomic(
-            fs,
-            join(fs, root, MANIFEST_FILE),
-            {
-                "format": FORMAT_MODEL,
-                "format_version": FORMAT_VERSION,
-                "name": self.name,
-                "bits": self.bits,
-                "version": self.version(),
-                "files": {
-                    MODEL_FILE: {"sha256": _sha256(model_bytes), "bytes": len(model_bytes)},
-                    WEIGHTS_FILE: {"sha256": _sha256(weights_bytes), "bytes": len(weights_bytes)},
-                },
-            },
-        )
+        manifest = {
+            "format": FORMAT_MODEL,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "bits": self.bits,
+            "version": self.version(),
+        }
+        write_files_then_manifest(fs, root, {MODEL_FILE: model_bytes, WEIGHTS_FILE: weights_bytes}, manifest, MANIFEST_FILE)
         logger.info("saved %s model %s to %s", self.name, self.version(), url)
 
     @classmethod
@@ -274,18 +261,7 @@ class HashModel(abc.ABC):
         manifest = read_json(fs, manifest_path)
         if manifest.get("format") != FORMAT_MODEL:
             raise ValueError(f"{url} holds format {manifest.get('format')!r}, expected {FORMAT_MODEL!r}")
-        blobs = {}
-        for name in (MODEL_FILE, WEIGHTS_FILE):
-            try:
-                with fs.open(join(fs, root, name), "rb") as f:
-                    blobs[name] = f.read()
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{url}: {name} listed in the manifest is missing") from None
-            want = manifest.get("files", {}).get(name, {}).get("sha256")
-            if want is None:
-                raise ValueError(f"{url}: the manifest lists no sha256 for {name}; it is malformed -- save again")
-            if _sha256(blobs[name]) != want:
-                raise ValueError(f"checksum mismatch for {name} in {url}: the file is corrupt or changed after saving")
+        blobs = read_verified_files(fs, root, url, manifest, (MODEL_FILE, WEIGHTS_FILE))
         desc = json.loads(blobs[MODEL_FILE])
         model_cls = _lookup(desc["name"])
         if cls is not HashModel and not issubclass(model_cls, cls):
