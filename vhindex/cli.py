@@ -137,8 +137,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vhindex import fs as vfs
-    from vhindex.eval import evaluate, markdown_table
+    from vhindex.eval import evaluate, markdown_table, write_report
     from vhindex.pipeline import load_codes_with_labels
 
     cfg = _config(args)
@@ -151,16 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     name = args.name
     print(markdown_table({name: result}))
     if args.out:
-        fs, path = vfs.url_to_fs(args.out, cfg.run.storage_options or None)
-        fs.makedirs(path, exist_ok=True)
-        vfs.write_json_atomic(fs, vfs.join(fs, path, "results.json"), {name: result.to_dict()})
-        vfs.write_bytes_atomic(fs, vfs.join(fs, path, "results.md"), (markdown_table({name: result}) + "\n").encode())
-        if cfg.eval.plots and vfs.is_local(fs):
-            from vhindex.eval import plot_map_vs_k, plot_pr_curves
-
-            plot_map_vs_k({name: result}, vfs.join(fs, path, "map_vs_k.png"))
-            if cfg.eval.pr_curve:
-                plot_pr_curves({name: result}, vfs.join(fs, path, "pr_curves.png"))
+        write_report({name: result}, args.out, storage_options=cfg.run.storage_options or None, plots=cfg.eval.plots)
         print(f"wrote {args.out}/results.json, results.md and plots")
     return 0
 
@@ -179,6 +169,19 @@ def cmd_export_h5(args: argparse.Namespace) -> int:
     export_h5_features(args.dataset, args.feats_out, labels_out_url=args.labels_out, mat_format=args.mat_format,
                        storage_options=_storage_options(args.storage_options))
     print(f"exported {args.dataset} -> {args.feats_out}")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    # Lazy: only this command needs the cluster layer (Dask / Ray).
+    from cluster.graph import build_graph_from_config
+
+    cfg = _config(args)
+    log.info("resolved config:\n%s", cfg.to_yaml())
+    manifest = build_graph_from_config(cfg)
+    out = cfg.graph.out or f"{cfg.run.output_dir.rstrip('/')}/graph"
+    print(f"anchor graph: k={manifest.k} anchors, a={manifest.a} per video, N={manifest.num_videos}, "
+          f"d={manifest.d}, rule={manifest.rule}, inertia={manifest.inertia:.4g} -> {out}")
     return 0
 
 
@@ -278,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mat-format", choices=["v5", "v7.3"], default="v5")
     p.add_argument("--storage-options", help="fsspec options as JSON")
     p.set_defaults(func=cmd_export_h5)
+
+    p = sub.add_parser("graph", help="k-means anchors + nearest anchors (anchor graph) on Dask / Dask-on-Ray")
+    _add_config_args(p, default="configs/graph/demo.yaml")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("config", help="show or check configs")
     csub = p.add_subparsers(dest="config_command", required=True)

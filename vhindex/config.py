@@ -1,7 +1,7 @@
 """Typed configuration: YAML files in ``configs/`` + dotted command-line overrides.
 
 One root model, :class:`Config`, has a section per stage (``run``, ``data``, ``synth``, ``model``,
-``eval``, ``index``, ``demo``). Every section has defaults, and every section forbids unknown
+``eval``, ``index``, ``demo``, ``graph``). Every section has defaults, and every section forbids unknown
 keys, so a typo such as ``model.bitz=64`` is an error rather than silently ignored.
 
 Loading::
@@ -164,6 +164,65 @@ class DemoSection(_Section):
         return v
 
 
+class KMeansSection(_Section):
+    """K-means parameters of the anchor graph (passed to :func:`vhindex.graph.kmeans.fit_kmeans`)."""
+
+    n_iter: int = Field(20, gt=0, description="Lloyd iterations / mini-batch epochs (at most).")
+    init: Literal["k-means++", "k-means||", "random"] = Field("k-means++", description="Centroid initialisation.")
+    mode: Literal["full", "minibatch"] = Field("full", description="Lloyd passes over all rows, or mini-batches.")
+    init_sample: int | None = Field(None, gt=0, description="Rows of the k-means++ sample; None = fit_kmeans default.")
+    tol: float = Field(1e-4, ge=0.0, description="Stop when the relative inertia change is below tol (0 = never).")
+    batch_chunks: int | None = Field(None, gt=0, description="Chunks per mini-batch step; None = about a tenth.")
+
+
+class GraphSynthSection(_Section):
+    """Seeded synthetic clustered embeddings, written when ``graph.embeddings`` is null (demos, tests)."""
+
+    num_videos: int = Field(2_000, gt=0)
+    dim: int = Field(32, gt=0)
+    num_clusters: int = Field(20, gt=0)
+    noise: float = Field(0.3, ge=0.0, description="Per-dimension noise around the cluster centres.")
+
+
+class GraphSection(_Section):
+    """The anchor graph (``vhindex graph``, ``jobs/build_graph.py``): k-means anchors + nearest anchors.
+
+    ``address`` picks the executor: ``null`` starts a local Dask cluster (``n_workers`` x
+    ``threads_per_worker``), ``"ray"`` runs Dask-on-Ray on the current / auto-detected Ray cluster,
+    ``"tcp://host:8786"`` connects to an existing Dask scheduler.
+    """
+
+    embeddings: str | None = Field(None, description="fsspec URL of the embeddings dataset (teacher output).")
+    out: str | None = Field(None, description="fsspec URL of the graph folder; null = <run.output_dir>/graph.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for both URLs.")
+    k: int = Field(2000, gt=0, description="Number of anchors (k-means centroids).")
+    a: int = Field(5, gt=0, description="Nearest anchors kept per video.")
+    rule: Literal["bth", "nph", "gaussian"] = Field("bth", description="Anchor-graph rule (vhindex.graph.anchor_graph).")
+    rule_params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the rule.")
+    kmeans: KMeansSection = Field(default_factory=KMeansSection)
+    address: str | None = Field(None, description='null (local Dask cluster), "ray" or a Dask scheduler address.')
+    n_workers: int = Field(2, gt=0, description="Workers of the local Dask cluster (address null).")
+    threads_per_worker: int = Field(1, gt=0, description="Threads per local Dask worker (and per task).")
+    rows_per_chunk: int = Field(50_000, gt=0, description="Upper bound on rows per map task (row groups never split).")
+    synth: GraphSynthSection | None = Field(None, description="Synthesize embeddings when `embeddings` is null.")
+
+    @field_validator("address")
+    @classmethod
+    def _address_ok(cls, v: str | None) -> str | None:
+        if v is None or v == "ray" or "://" in v or ":" in v:
+            return v
+        raise ValueError(f'must be null, "ray" or a Dask scheduler address such as tcp://host:8786, got {v!r}')
+
+    @model_validator(mode="after")
+    def _a_fits(self) -> GraphSection:
+        if self.a > self.k:
+            raise ValueError(f"graph.a: must be at most graph.k={self.k} (nearest anchors per video), got {self.a}")
+        need = 5 if self.rule == "bth" else self.rule_params.get("a", 3)
+        if isinstance(need, int) and self.a < need:
+            raise ValueError(f"graph.a: rule {self.rule!r} needs {need} nearest anchors per video, got {self.a}")
+        return self
+
+
 class Config(_Section):
     """The root configuration; every YAML file in ``configs/`` validates against it."""
 
@@ -174,6 +233,7 @@ class Config(_Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     index: IndexSection = Field(default_factory=IndexSection)
     demo: DemoSection = Field(default_factory=DemoSection)
+    graph: GraphSection = Field(default_factory=GraphSection)
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML (logged by jobs and saved in run folders)."""

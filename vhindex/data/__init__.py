@@ -1,7 +1,8 @@
 """Data formats and IO of vhindex: frame-feature and codes datasets on any fsspec URL.
 
 See :mod:`vhindex.data.schema` for the on-disk layout. Write with :class:`FrameDatasetWriter` /
-:class:`CodesDatasetWriter`, read with :class:`FrameDataset` / :class:`CodesDataset` (streaming,
+:class:`CodesDatasetWriter` / :class:`EmbeddingDatasetWriter`, read with :class:`FrameDataset` /
+:class:`CodesDataset` / :class:`EmbeddingDataset` (streaming,
 row group by row group), split work with :func:`plan_tasks`, check folders (also other tools'
 Parquet output) with :func:`validate_dataset`, and convert the papers' HDF5 / ``.mat`` files with
 :mod:`vhindex.data.h5io`.
@@ -20,14 +21,23 @@ from vhindex.data.planner import Piece, ReadTask, plan_tasks
 from vhindex.data.reader import (
     CodesBatch,
     CodesDataset,
+    EmbeddingBatch,
+    EmbeddingDataset,
     FrameBatch,
     FrameDataset,
     IncompleteDatasetError,
+    embeddings_to_numpy,
     features_to_numpy,
 )
-from vhindex.data.schema import CodesDatasetMeta, FrameDatasetMeta
+from vhindex.data.schema import CodesDatasetMeta, EmbeddingDatasetMeta, FrameDatasetMeta
 from vhindex.data.validate import DatasetValidationError, Problem, ValidationReport, validate_dataset
-from vhindex.data.writer import CodesDatasetWriter, DatasetManifest, FileInfo, FrameDatasetWriter
+from vhindex.data.writer import (
+    CodesDatasetWriter,
+    DatasetManifest,
+    EmbeddingDatasetWriter,
+    FileInfo,
+    FrameDatasetWriter,
+)
 
 __all__ = [
     "PAPER_LAYOUTS",
@@ -37,6 +47,10 @@ __all__ = [
     "CodesDatasetWriter",
     "DatasetManifest",
     "DatasetValidationError",
+    "EmbeddingBatch",
+    "EmbeddingDataset",
+    "EmbeddingDatasetMeta",
+    "EmbeddingDatasetWriter",
     "FileInfo",
     "FrameBatch",
     "FrameDataset",
@@ -49,6 +63,7 @@ __all__ = [
     "ReadTask",
     "SplitFiles",
     "ValidationReport",
+    "embeddings_to_numpy",
     "export_h5_features",
     "features_to_numpy",
     "import_h5_features",

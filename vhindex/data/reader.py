@@ -23,11 +23,13 @@ from vhindex import fs as vfs
 from vhindex.data.planner import Piece, ReadTask, plan_tasks
 from vhindex.data.schema import (
     COL_CODE,
+    COL_EMBEDDING,
     COL_FEATURES,
     COL_LABELS,
     COL_VIDEO_ID,
     MANIFEST_NAME,
     CodesDatasetMeta,
+    EmbeddingDatasetMeta,
     FrameDatasetMeta,
 )
 from vhindex.data.writer import DatasetManifest
@@ -35,9 +37,12 @@ from vhindex.data.writer import DatasetManifest
 __all__ = [
     "CodesBatch",
     "CodesDataset",
+    "EmbeddingBatch",
+    "EmbeddingDataset",
     "FrameBatch",
     "FrameDataset",
     "IncompleteDatasetError",
+    "embeddings_to_numpy",
     "features_to_numpy",
 ]
 
@@ -78,6 +83,22 @@ class CodesBatch:
 
     def __len__(self) -> int:
         return len(self.video_ids)
+
+
+@dataclasses.dataclass
+class EmbeddingBatch:
+    """A batch of an embeddings dataset.
+
+    Attributes:
+        video_ids: B ids, or ``None`` when the column was not requested.
+        embeddings: ``(B, dim)`` float32 array (C-contiguous).
+    """
+
+    video_ids: list[str] | None
+    embeddings: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
 
 
 def features_to_numpy(
@@ -473,3 +494,166 @@ def _codes_to_numpy(array: pa.Array, width: int, where: str) -> np.ndarray:
     n = len(array)
     buf = array.buffers()[1]
     return np.frombuffer(buf, dtype=np.uint8, count=n * width, offset=array.offset * width).reshape(n, width)
+
+
+def embeddings_to_numpy(
+    array: pa.Array | pa.ChunkedArray,
+    dim: int,
+    *,
+    where: str = "embedding",
+    row_offset: int = 0,
+    check_finite: bool = False,
+) -> np.ndarray:
+    """Convert an ``embedding`` column to a ``(B, dim)`` float32 array.
+
+    Accepts the fixed-size form vhindex writes and variable ``list<T>`` / ``large_list<T>``
+    columns (each row checked to have ``dim`` values).
+
+    Args:
+        array: the column (one chunk or several).
+        dim: expected number of values per row.
+        where: file or dataset named in errors.
+        row_offset: row number of ``array[0]`` in ``where`` (for errors).
+        check_finite: raise on NaN / Inf values (naming the first bad row).
+
+    Raises:
+        ValueError: naming ``where`` and the row when a row is null, has the wrong length, holds
+            nulls, or (with ``check_finite``) non-finite values.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    n = len(array)
+    if array.null_count:
+        row = int(np.flatnonzero(~np.asarray(array.is_valid()))[0])
+        raise ValueError(f"{where}: row {row_offset + row}: embedding is null")
+    got = _list_len(array, dim, where, row_offset, per=1, axis="dim")
+    if got != dim:
+        raise ValueError(f"{where}: embeddings have {got} dims, expected dim={dim} (from the dataset metadata)")
+    values = array.flatten()  # respects slicing, unlike .values
+    if not pa.types.is_floating(values.type) and not pa.types.is_integer(values.type):
+        raise ValueError(f"{where}: embedding values have type {values.type}, expected float16/float32")
+    if values.null_count:
+        row = int(np.flatnonzero(~np.asarray(values.is_valid()))[0]) // max(dim, 1)
+        raise ValueError(f"{where}: row {row_offset + row}: embedding contains null values")
+    flat = values.to_numpy(zero_copy_only=False)
+    assert flat.size == n * dim, (flat.size, n, dim)
+    out = flat.reshape(n, dim)
+    if out.dtype != np.float32:
+        out = out.astype(np.float32)
+    if check_finite and n:
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise ValueError(
+                f"{where}: row {row_offset + int(rows[0])}: embedding has NaN/Inf values "
+                f"({rows.size} bad row(s) in this batch); fix or drop these videos before building the graph"
+            )
+    return out
+
+
+class EmbeddingDataset(_BaseDataset):
+    """An embeddings dataset (one vector per video) opened for streaming reads.
+
+    Attributes:
+        url: the dataset folder.
+        meta: its :class:`EmbeddingDatasetMeta`.
+        manifest: its :class:`DatasetManifest`.
+        num_videos: number of videos.
+    """
+
+    def __init__(self, url: str, fs: Any, root: str, manifest: DatasetManifest) -> None:
+        super().__init__(url, fs, root, manifest)
+        self.meta = EmbeddingDatasetMeta.from_dict(manifest.meta)
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict | None = None) -> EmbeddingDataset:
+        """Open the embeddings dataset at ``url`` through its manifest.
+
+        Raises:
+            IncompleteDatasetError: when there is no ``_manifest.json``.
+            ValueError: when the manifest is not an embeddings dataset's.
+        """
+        fs, root, manifest = _open_manifest(url, storage_options)
+        try:
+            return cls(url, fs, root, manifest)
+        except ValueError as err:
+            raise ValueError(f"{url}: {err}") from err
+
+    @property
+    def dim(self) -> int:
+        """d, dimensions of one embedding."""
+        return self.meta.dim
+
+    def iter_batches(
+        self,
+        batch_size: int = 65536,
+        *,
+        with_ids: bool = True,
+        tasks: Iterable[ReadTask] | None = None,
+        check_finite: bool = False,
+    ) -> Iterator[EmbeddingBatch]:
+        """Stream ``(video_ids, embeddings)`` batches in dataset order.
+
+        Args:
+            batch_size: rows per batch (the last batch may be smaller).
+            with_ids: read the ``video_id`` column (else ``video_ids`` is ``None``).
+            tasks: read only these tasks (from :meth:`plan`), in the given order.
+            check_finite: raise a ValueError naming the file and row on NaN / Inf values.
+
+        Yields:
+            :class:`EmbeddingBatch` es with ``(B, dim)`` float32 embeddings; one row group plus
+            one batch is held in memory at a time.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        cols = ([COL_VIDEO_ID] if with_ids else []) + [COL_EMBEDDING]
+        dim = self.meta.dim
+
+        def convert(batch: pa.RecordBatch, where: str, row: int) -> tuple:
+            ids = batch.column(COL_VIDEO_ID).to_pylist() if with_ids else None
+            emb = embeddings_to_numpy(batch.column(COL_EMBEDDING), dim, where=where, row_offset=row,
+                                      check_finite=check_finite)
+            return emb, ids  # the first entry must be an array (its length drives re-batching)
+
+        source = self._iter_record_batches(self._pieces(tasks), cols, batch_size)
+        for emb, ids in _rebatch(source, batch_size, convert):
+            yield EmbeddingBatch(video_ids=ids, embeddings=emb)
+
+    def read_rows(
+        self, task: ReadTask | None = None, *, with_ids: bool = True, check_finite: bool = False
+    ) -> EmbeddingBatch:
+        """All rows of one read task (from :meth:`plan`), or of the whole dataset when ``None``.
+
+        Returns:
+            One :class:`EmbeddingBatch` with a C-contiguous ``(rows, dim)`` float32 array.
+
+        Raises:
+            ValueError: when the files hold a different number of rows than the plan / manifest
+                says, or on a value problem (see :meth:`iter_batches`).
+        """
+        expected = self.num_videos if task is None else task.num_rows
+        tasks = None if task is None else [task]
+        out = np.empty((expected, self.meta.dim), dtype=np.float32)
+        ids: list[str] | None = [] if with_ids else None
+        row = 0
+        for batch in self.iter_batches(max(min(expected, 65536), 1), with_ids=with_ids, tasks=tasks,
+                                       check_finite=check_finite):
+            n = len(batch)
+            if row + n > expected:
+                raise ValueError(f"{self.url}: files hold more rows than the manifest lists ({expected} "
+                                 f"for {'the dataset' if task is None else f'read task {task.task_id}'})")
+            out[row:row + n] = batch.embeddings
+            if ids is not None:
+                ids.extend(batch.video_ids or [])
+            row += n
+        if row != expected:
+            raise ValueError(f"{self.url}: read {row} rows but the manifest lists {expected}; the dataset was "
+                             "modified after writing -- re-write it")
+        return EmbeddingBatch(video_ids=ids, embeddings=out)
+
+    def read_video_ids(self) -> list[str]:
+        """All video ids in dataset order."""
+        out: list[str] = []
+        for piece_batch, _, _ in self._iter_record_batches(self._pieces(None), [COL_VIDEO_ID], 65536):
+            out.extend(piece_batch.column(0).to_pylist())
+        return out

@@ -23,6 +23,11 @@ A **codes dataset** has the same folder layout with the columns ``video_id`` (st
 ``code`` (``fixed_size_binary(bits / 8)``, bits packed as described in
 :mod:`vhindex.index.codes`), and metadata :class:`CodesDatasetMeta`.
 
+An **embeddings dataset** (the teacher's video-level embeddings, input of the anchor graph) has
+the same folder layout with the columns ``video_id`` (string, not null) and ``embedding``
+(``fixed_size_list<T, dim>``, ``T`` = ``halffloat`` or ``float``, not null), and metadata
+:class:`EmbeddingDatasetMeta`.
+
 Readers also accept ``features`` stored as variable-length ``list<list<T>>`` (as written by other
 tools) and check every row's shape; vhindex's own writer always writes the fixed-size form.
 """
@@ -37,6 +42,7 @@ import pyarrow as pa
 
 FORMAT_FRAMES = "vhindex.frames"
 FORMAT_CODES = "vhindex.codes"
+FORMAT_EMBEDDINGS = "vhindex.embeddings"
 FORMAT_VERSION = 1
 
 #: Parquet key-value metadata key holding the JSON-encoded dataset metadata.
@@ -50,6 +56,7 @@ COL_VIDEO_ID = "video_id"
 COL_FEATURES = "features"
 COL_LABELS = "labels"
 COL_CODE = "code"
+COL_EMBEDDING = "embedding"
 
 FeatureDType = Literal["float16", "float32"]
 _ARROW_FLOAT = {"float16": pa.float16(), "float32": pa.float32()}
@@ -157,6 +164,61 @@ def codes_schema(meta: CodesDatasetMeta) -> pa.Schema:
         [
             pa.field(COL_VIDEO_ID, pa.string(), nullable=False),
             pa.field(COL_CODE, pa.binary(meta.bits // 8), nullable=False),
+        ],
+        metadata={METADATA_KEY: meta.to_json().encode()},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingDatasetMeta:
+    """Dataset-level metadata of an embeddings dataset (one vector per video).
+
+    Attributes:
+        dim: d, dimensions of one embedding.
+        dtype: storage dtype of the embeddings (``float32`` or ``float16``).
+        source: what produced the embeddings (e.g. ``bth-teacher``, ``synthetic``).
+        source_version: free-form version string / content hash of the producer.
+    """
+
+    dim: int
+    dtype: FeatureDType = "float32"
+    source: str = ""
+    source_version: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim <= 0:
+            problems.append(f"dim must be a positive int, got {self.dim!r}")
+        if self.dtype not in _ARROW_FLOAT:
+            problems.append(f"dtype must be one of {sorted(_ARROW_FLOAT)}, got {self.dtype!r}")
+        if problems:
+            raise ValueError("invalid embeddings dataset metadata: " + "; ".join(problems))
+
+    def to_json(self) -> str:
+        """Serialise (with the format tag) for Parquet metadata and manifests."""
+        return json.dumps({"format": FORMAT_EMBEDDINGS, "format_version": FORMAT_VERSION, **dataclasses.asdict(self)})
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> EmbeddingDatasetMeta:
+        """Parse the dict form written by :meth:`to_json` (unknown keys are ignored)."""
+        if obj.get("format") != FORMAT_EMBEDDINGS:
+            raise ValueError(
+                f"not a vhindex embeddings dataset: format={obj.get('format')!r}, expected {FORMAT_EMBEDDINGS!r}"
+            )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in fields})
+
+    def arrow_schema(self) -> pa.Schema:
+        """The exact Arrow schema vhindex writes for this metadata."""
+        return embedding_schema(self)
+
+
+def embedding_schema(meta: EmbeddingDatasetMeta) -> pa.Schema:
+    """Arrow schema of an embeddings part file: ``video_id`` + ``embedding`` (``fixed_size_list<T, dim>``)."""
+    return pa.schema(
+        [
+            pa.field(COL_VIDEO_ID, pa.string(), nullable=False),
+            pa.field(COL_EMBEDDING, pa.list_(_ARROW_FLOAT[meta.dtype], meta.dim), nullable=False),
         ],
         metadata={METADATA_KEY: meta.to_json().encode()},
     )

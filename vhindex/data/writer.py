@@ -32,12 +32,14 @@ from vhindex.data.schema import (
     MANIFEST_NAME,
     PART_NAME,
     CodesDatasetMeta,
+    EmbeddingDatasetMeta,
     FrameDatasetMeta,
     codes_schema,
+    embedding_schema,
     frame_schema,
 )
 
-__all__ = ["CodesDatasetWriter", "DatasetManifest", "FileInfo", "FrameDatasetWriter"]
+__all__ = ["CodesDatasetWriter", "DatasetManifest", "EmbeddingDatasetWriter", "FileInfo", "FrameDatasetWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,25 +144,9 @@ class _PartWriter:
 
     # -- folder -------------------------------------------------------------------------------
     def _prepare_folder(self, overwrite: bool) -> None:
-        fs, root = self._fs, self._root
-        try:
-            entries = fs.ls(root, detail=False) if fs.isdir(root) else []
-        except FileNotFoundError:
-            entries = []
-        if entries:
-            if not overwrite:
-                raise FileExistsError(
-                    f"refusing to write dataset into non-empty folder {self.url} ({len(entries)} entries); "
-                    "choose a new location or pass overwrite=True to replace the dataset there"
-                )
-            manifest = vfs.join(fs, root, MANIFEST_NAME)
-            if fs.exists(manifest):
-                fs.rm(manifest)  # first, so a half-removed dataset is never taken as complete
-            for entry in entries:
-                if str(entry).endswith(".parquet"):
-                    fs.rm(entry)
-            logger.info("overwrite=True: removed the old dataset files in %s", self.url)
-        fs.makedirs(root, exist_ok=True)
+        vfs.prepare_dataset_folder(self._fs, self._root, self.url, overwrite, MANIFEST_NAME)
+        if overwrite:
+            logger.info("overwrite=True: cleared the old dataset files in %s", self.url)
 
     # -- buffering ----------------------------------------------------------------------------
     def _append(self, num_rows: int, make_batch: Callable[[int, int, bool], pa.RecordBatch]) -> None:
@@ -487,5 +473,89 @@ class CodesDatasetWriter(_PartWriter):
                 part = part.copy()
             code_array = pa.Array.from_buffers(pa.binary(nbytes), stop - start, [None, pa.py_buffer(part)])
             return pa.RecordBatch.from_arrays([id_array.slice(start, stop - start), code_array], schema=self._schema)
+
+        self._append(b, make_batch)
+
+
+class EmbeddingDatasetWriter(_PartWriter):
+    """Write an embeddings dataset (``video_id``, ``embedding`` = one ``dim``-vector per video).
+
+    Args are as for :class:`FrameDatasetWriter`, with ``meta`` an :class:`EmbeddingDatasetMeta`;
+    embeddings are cast to ``meta.dtype``. Non-finite values are stored as given (the graph stage
+    refuses them, naming the file); finite values beyond float16's range are refused.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        meta: EmbeddingDatasetMeta,
+        *,
+        rows_per_file: int = 100_000,
+        row_group_size: int = 10_000,
+        storage_options: dict | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if not isinstance(meta, EmbeddingDatasetMeta):
+            raise TypeError(f"meta must be an EmbeddingDatasetMeta, got {type(meta).__name__}")
+        self.meta = meta
+        self._np_dtype = np.dtype(meta.dtype)
+        self._value_type = pa.from_numpy_dtype(self._np_dtype)
+        super().__init__(
+            url,
+            embedding_schema(meta),
+            meta.to_json(),
+            rows_per_file=rows_per_file,
+            row_group_size=row_group_size,
+            storage_options=storage_options,
+            overwrite=overwrite,
+        )
+
+    def write(self, video_ids: Sequence[str], embeddings: np.ndarray) -> None:
+        """Append a batch of videos.
+
+        Args:
+            video_ids: B unique, non-empty ids (unique across everything this writer wrote).
+            embeddings: array of shape (B, dim); cast to ``meta.dtype``.
+
+        Raises:
+            ValueError: on a shape, dtype or id problem (nothing of the batch is written).
+        """
+        d = self.meta.dim
+        emb = np.asarray(embeddings)
+        if emb.ndim != 2 or emb.shape[1] != d:
+            raise ValueError(
+                f"embeddings must have shape (B, dim={d}) for {self.url}, got {emb.shape}; "
+                "reshape the batch or create the writer with a matching EmbeddingDatasetMeta"
+            )
+        if not (np.issubdtype(emb.dtype, np.floating) or np.issubdtype(emb.dtype, np.integer)):
+            raise ValueError(f"embeddings must be a numeric array, got dtype {emb.dtype}")
+        b = emb.shape[0]
+        ids = _check_ids(video_ids, b, set())
+        dup = next((v for v in ids if v in self._seen), None)
+        if dup is not None:
+            raise ValueError(f"duplicate video id {dup!r}: already written to {self.url}; video ids must be unique")
+        if b == 0:
+            self._seen.update(ids)
+            return
+        with np.errstate(over="ignore"):  # overflow is detected and reported just below
+            flat = np.ascontiguousarray(emb, dtype=self._np_dtype)
+        if flat.dtype == np.float16 and emb.dtype != np.float16:
+            overflow = ~np.isfinite(flat).all(axis=1) & np.isfinite(emb).all(axis=1)
+            if overflow.any():
+                row = int(np.flatnonzero(overflow)[0])
+                raise ValueError(
+                    f"video {ids[row]!r} has embedding values beyond float16's range (max 65504) for {self.url}; "
+                    "scale the embeddings or write the dataset with dtype='float32'"
+                )
+        self._seen.update(ids)
+        id_array = pa.array(ids, type=pa.string())
+
+        def make_batch(start: int, stop: int, copy: bool) -> pa.RecordBatch:
+            part = flat[start:stop]
+            if copy and np.shares_memory(part, emb):
+                part = part.copy()
+            values = pa.array(part.reshape(-1), type=self._value_type)  # zero-copy from numpy
+            column = pa.FixedSizeListArray.from_arrays(values, d)
+            return pa.RecordBatch.from_arrays([id_array.slice(start, stop - start), column], schema=self._schema)
 
         self._append(b, make_batch)
