@@ -9,8 +9,10 @@ Timed stages:
 (a) the 5 nearest anchors of every video (faiss ``IndexFlatL2``, chunked, ``--threads`` threads);
 (b) ``AnchorGraph.from_neighbors`` (bandwidths, softmax weights, column sums, inverted lists);
 (c) ``PairSampler.sample`` throughput over ``--items`` random items in batches of ``--batch``, for
-    each of ``--backends`` (``numba``: compiled attempt loop, its one-off JIT compile timed
-    separately by ``PairSampler.warmup()`` and excluded from the throughput; ``numpy``: vectorised).
+    each of ``--backends`` (``numba``: compiled attempt loop, once per ``--sampler-threads`` value,
+    its one-off JIT compile timed separately by ``PairSampler.warmup()`` and excluded from the
+    throughput -- the first numba sampler pays it, later ones find the kernels compiled;
+    ``numpy``: vectorised, one thread). Every configuration samples the same items.
 
 Usage::
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--items", type=int, default=2_000_000, help="items to sample partners for")
     p.add_argument("--batch", type=int, default=65_536, help="sampler batch size")
     p.add_argument("--backends", default="numba,numpy", help="comma-separated PairSampler backends to time")
+    p.add_argument("--sampler-threads", default="1,2", help="comma-separated thread counts for the numba backend")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -126,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # (c) sampler, per backend (same items for each)
     runs = []
+    configs = []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        threads = [int(v) for v in args.sampler_threads.split(",")] if backend == "numba" else [1]
+        configs += [(backend, th) for th in threads]
+    for backend, threads in configs:
         t = time.perf_counter()
-        sampler = PairSampler(g, seed=args.seed, backend=backend)
+        sampler = PairSampler(g, seed=args.seed, backend=backend, threads=threads)
         t_init = time.perf_counter() - t
         t_compile = sampler.warmup()
         rng = np.random.default_rng(args.seed + 2)
@@ -159,15 +166,17 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{g.levels[s].bandwidth:.3f}" for s in (3, 4, 5)) + " |")
     print(f"| (a)+(b) | **{t_nn + t_graph:.2f} s** | goal <= 60 s |")
     for sampler, t_init, t_compile, t_pairs, _ in runs:
-        print(f"| (c) PairSampler backend={sampler.backend}, {args.items:,} items, batches of {args.batch:,} | "
+        print(f"| (c) PairSampler backend={sampler.backend}, threads={sampler.threads}, {args.items:,} items, batches of {args.batch:,} | "
               f"{t_pairs:.2f} s | **{args.items / t_pairs:,.0f} pairs/s** (goal >= 1,000,000); setup {t_init:.2f} s, "
               f"JIT compile {t_compile:.2f} s (excluded) |")
     print()
     for sampler, _, _, _, pos in runs:
         st = sampler.stats
-        print(f"- sampler {sampler.backend}: {pos / args.items:.4f} positives; "
+        print(f"- sampler {sampler.backend}/{sampler.threads} thread(s): {pos / args.items:.4f} positives; "
               f"{st['attempts'] / args.items:.2f} attempts per item; {st['scans']:,} exact scans; "
-              f"{st['fallback']:,} tag-0 fallbacks; {st['no_positive']:,} without positive")
+              f"{st['fallback']:,} tag-0 fallbacks; {st['no_positive']:,} without positive"
+              + (f"; packed kernel arrays {(sampler._fast.cids.nbytes + sampler._fast.czw.nbytes) / 2**20:.0f} MiB"
+                 if sampler._fast is not None else ""))
     print(f"- inverted lists: s=3 mean {lens3.mean():.0f} (max {lens3.max():,}, empty {int((lens3 == 0).sum())}); "
           f"s=5 mean {lens5.mean():.0f} (max {lens5.max():,}, empty {int((lens5 == 0).sum())})")
     print(f"- graph arrays: {_graph_nbytes(g) / 2**20:.0f} MiB ({_graph_nbytes(g) / args.n:.0f} B/video)")

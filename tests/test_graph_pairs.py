@@ -241,10 +241,9 @@ def test_numba_classes_bit_identical_to_anchor_graph(rule, params):
 @needs_numba
 def test_numba_float32_chain_bit_identical_to_affinity():
     """The kernel's released-float32 A_s(i, j) equals AnchorLevel.affinity bit for bit (all levels)."""
-    from vhindex.graph import _pairs_numba
-
     x, u = _data(13, 3000, 40, d=5)
     g = anchor_graph(x, u)
+    kernels = PairSampler(g, seed=0, backend="numba")._fast
     rng = np.random.default_rng(2)
     lv5 = g.levels[5]
     i = rng.integers(0, g.num_videos, 200_000)
@@ -254,7 +253,7 @@ def test_numba_float32_chain_bit_identical_to_affinity():
     for s in (3, 4, 5):
         lv = g.levels[s]
         want, shared = lv.affinity(i, j, emulate_float32=True)
-        got = _pairs_numba._chains(i, j, lv.ids, lv.z, lv.w)
+        got = kernels.chains(i, j, s)
         assert want.dtype == got.dtype == np.float32
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
         assert (shared > 1).sum() > 1000  # multi-term chains, where the accumulation order matters
@@ -315,10 +314,29 @@ def test_numba_backend_gives_up_then_scans_and_caches(small):
     tag = adj[items, partners]
     assert (tag[s > 0] == 1).all()
     assert sampler.stats["scans"] > 0
-    assert not any((st == 3).any() for st in sampler._state.values())  # transient marks cleared
     scans = sampler.stats["scans"]
     sampler.sample(items)
     assert sampler.stats["scans"] - scans < scans  # cached sets are reused
+
+
+@needs_numba
+def test_numba_draws_do_not_depend_on_threads():
+    x, u = _data(14, 3000, 30, d=5)
+    g = anchor_graph(x, u)
+    items = np.random.default_rng(3).integers(0, 3000, 40_000)  # several kernel chunks per class
+    runs = []
+    for threads in (1, 2, 1):
+        sampler = PairSampler(g, seed=7, backend="numba", threads=threads)
+        runs.append((*sampler.sample(items), *sampler.sample(items[::-1])))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+    c = PairSampler(g, seed=8, backend="numba", threads=2).sample(items)
+    assert (c[0] != runs[0][0]).any()
+    tags = g.pair_classes(items, runs[0][0])
+    assert (tags[runs[0][1] > 0] == 1).all()
+    with pytest.raises(ValueError, match="threads"):
+        PairSampler(g, seed=0, threads=0)
 
 
 def test_numba_not_imported_by_vhindex_graph():

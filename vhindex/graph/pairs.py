@@ -47,6 +47,7 @@ pair (``s = -1``) instead; an item without negative and fallback partners raises
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -64,7 +65,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["PairSampler", "BACKENDS"]
 
 BACKENDS = ("auto", "numba", "numpy")
-_STATE_GAVE_UP = 3  # transient class state of the numba backend (= _pairs_numba.STATE_GAVE_UP)
 
 
 class PairSampler:
@@ -80,18 +80,22 @@ class PairSampler:
         backend: ``"numba"`` (compiled attempt loop, the optional extra ``vhindex[fast]``),
             ``"numpy"`` (vectorised), or ``"auto"`` (default: numba when it can be imported).
             Both draw from the same exact distribution; for one seed they draw different samples.
+        threads: numba backend: threads for the attempt loop; ``None`` (default) = the CPUs this
+            process may use (sampling runs between training steps, not beside them). The draws
+            do not depend on it. Ignored by the numpy backend.
 
     Attributes:
         backend: the backend in use, ``"numba"`` or ``"numpy"``.
 
     Raises:
         TypeError: when ``graph`` is not an :class:`AnchorGraph`.
-        ValueError: on a non-positive ``max_rounds``, negative ``cache_limit`` or unknown ``backend``.
+        ValueError: on a non-positive ``max_rounds`` or ``threads``, negative ``cache_limit`` or unknown
+            ``backend``.
         ImportError: for ``backend="numba"`` when numba cannot be imported.
     """
 
     def __init__(self, graph: AnchorGraph, seed: int | np.random.SeedSequence | None, *, exclude_self: bool = False,
-                 max_rounds: int = 4096, cache_limit: int = 20_000_000, backend: str = "auto"):
+                 max_rounds: int = 4096, cache_limit: int = 20_000_000, backend: str = "auto", threads: int | None = None):
         if not isinstance(graph, AnchorGraph):
             raise TypeError(f"graph must be an AnchorGraph, got {type(graph).__name__}")
         if max_rounds < 1:
@@ -100,6 +104,11 @@ class PairSampler:
             raise ValueError(f"cache_limit={cache_limit} must be >= 0")
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}; use one of {BACKENDS}")
+        if threads is None:
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be a positive int")
+        self.threads = int(threads)
         self.graph = graph
         self.exclude_self = bool(exclude_self)
         self.max_rounds = int(max_rounds)
@@ -232,27 +241,21 @@ class PairSampler:
         return out
 
     def _draw_numba(self, items: np.ndarray, cls: int) -> np.ndarray:
-        """:meth:`_draw` with the compiled attempt loop (one item after the other, ``max_rounds`` each).
+        """:meth:`_draw` with the compiled attempt loop (``max_rounds`` attempts per item).
 
-        An item that fails ``max_rounds`` attempts is marked in the class state, so its further
-        copies in the batch go straight to the exact set; the mark is cleared afterwards.
+        An item that fails ``max_rounds`` attempts -- or whose earlier copy in the same kernel
+        chunk did -- gets a uniform draw from its exact set, as an item with a cached set does.
         """
         out = np.full(items.size, -1, np.int64)
         flag = np.zeros(items.size, np.int8)
-        state = self._state[cls]
-        seed = int(self._rng.integers(0, 2**32))
-        try:
-            self.stats["attempts"] += self._fast.draw(items, cls, seed, self.max_rounds, self.exclude_self, state,
-                                                      out, flag)
-            rest = np.nonzero(flag)[0]
-            level = self.graph.candidate_level(cls)
-            for pos in rest:
-                cand = self._exact_set(int(items[pos]), cls, level)
-                if cand.size:
-                    out[pos] = cand[self._rng.integers(cand.size)]
-        finally:
-            if flag.any():  # scanned items are 1 or 2 now; one too big to cache is unknown again
-                state[state == _STATE_GAVE_UP] = 0
+        seed = int(self._rng.integers(0, 2**63))
+        self.stats["attempts"] += self._fast.draw(items, cls, seed, self.max_rounds, self.exclude_self,
+                                                  self._state[cls], out, flag, threads=self.threads)
+        level = self.graph.candidate_level(cls)
+        for pos in np.nonzero(flag)[0]:
+            cand = self._exact_set(int(items[pos]), cls, level)
+            if cand.size:
+                out[pos] = cand[self._rng.integers(cand.size)]
         return out
 
     def _propose(self, it: np.ndarray, level: AnchorLevel | None) -> tuple[np.ndarray, np.ndarray]:
