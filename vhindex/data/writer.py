@@ -108,6 +108,26 @@ def _check_ids(video_ids: Sequence[str], batch_rows: int, seen: set[str]) -> lis
     return ids
 
 
+def _cast_checked(values: np.ndarray, dtype: np.dtype, ids: Sequence[str], url: str, what: str) -> np.ndarray:
+    """Cast a batch ``(B, ...)`` to the storage dtype, C-contiguous.
+
+    Casting to float16 turns finite values above 65504 into Inf: such a batch is refused (naming
+    the first video) rather than stored with its values lost.
+    """
+    with np.errstate(over="ignore"):  # overflow is detected and reported just below
+        flat = np.ascontiguousarray(values, dtype=dtype)
+    if flat.dtype == np.float16 and values.dtype != np.float16:
+        rows = values.shape[0]
+        overflow = ~np.isfinite(flat).reshape(rows, -1).all(axis=1) & np.isfinite(values).reshape(rows, -1).all(axis=1)
+        if overflow.any():
+            row = int(np.flatnonzero(overflow)[0])
+            raise ValueError(
+                f"video {ids[row]!r} has {what} values beyond float16's range (max 65504) for {url}; "
+                f"scale the {what}s or write the dataset with dtype='float32'"
+            )
+    return flat
+
+
 class _PartWriter:
     """Shared machinery: folder preparation, row-group buffering, part rolling, manifest."""
 
@@ -352,17 +372,7 @@ class FrameDatasetWriter(_PartWriter):
         if b == 0:
             self._seen.update(ids)
             return
-        with np.errstate(over="ignore"):  # overflow is detected and reported just below
-            flat = np.ascontiguousarray(feats, dtype=self._np_dtype)
-        if flat.dtype == np.float16 and feats.dtype != np.float16:
-            # Casting to float16 turns finite values above 65504 into Inf: refuse rather than lose them.
-            overflow = ~np.isfinite(flat).reshape(b, -1).all(axis=1) & np.isfinite(feats).reshape(b, -1).all(axis=1)
-            if overflow.any():
-                row = int(np.flatnonzero(overflow)[0])
-                raise ValueError(
-                    f"video {ids[row]!r} has feature values beyond float16's range (max 65504) for {self.url}; "
-                    "scale the features or write the dataset with dtype='float32'"
-                )
+        flat = _cast_checked(feats, self._np_dtype, ids, self.url, "feature")
         self._seen.update(ids)
         id_array = pa.array(ids, type=pa.string())
 
@@ -537,16 +547,7 @@ class EmbeddingDatasetWriter(_PartWriter):
         if b == 0:
             self._seen.update(ids)
             return
-        with np.errstate(over="ignore"):  # overflow is detected and reported just below
-            flat = np.ascontiguousarray(emb, dtype=self._np_dtype)
-        if flat.dtype == np.float16 and emb.dtype != np.float16:
-            overflow = ~np.isfinite(flat).all(axis=1) & np.isfinite(emb).all(axis=1)
-            if overflow.any():
-                row = int(np.flatnonzero(overflow)[0])
-                raise ValueError(
-                    f"video {ids[row]!r} has embedding values beyond float16's range (max 65504) for {self.url}; "
-                    "scale the embeddings or write the dataset with dtype='float32'"
-                )
+        flat = _cast_checked(emb, self._np_dtype, ids, self.url, "embedding")
         self._seen.update(ids)
         id_array = pa.array(ids, type=pa.string())
 
