@@ -9,27 +9,17 @@ local Dask cluster is started; ``tcp://host:8786`` uses a running Dask scheduler
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from vhindex.config import ConfigError, load_config
+from vhindex.config import load_job_config
 
 log = logging.getLogger("jobs.build_graph")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/graph/demo.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    log.info("resolved config:\n%s", cfg.to_yaml())
+    cfg = load_job_config(argv, default_config="configs/graph/demo.yaml", description=__doc__.splitlines()[0],
+                          job="build_graph")
     from cluster.graph import build_graph_from_config
 
     try:

@@ -1,7 +1,7 @@
 """Typed configuration: YAML files in ``configs/`` + dotted command-line overrides.
 
 One root model, :class:`Config`, has a section per stage (``run``, ``data``, ``synth``, ``model``,
-``eval``, ``index``, ``demo``, ``graph``). Every section has defaults, and every section forbids unknown
+``eval``, ``index``, ``demo``, ``graph``, ``train``). Every section has defaults, and every section forbids unknown
 keys, so a typo such as ``model.bitz=64`` is an error rather than silently ignored.
 
 Loading::
@@ -223,6 +223,82 @@ class GraphSection(_Section):
         return self
 
 
+class TrainSection(_Section):
+    """Learned hashers (``vhindex.train``): teacher -> embeddings -> graph -> student (DKPH or BTH).
+
+    The frame datasets come from the ``data`` section (``data.train`` / ``data.query`` /
+    ``data.database``; all null = synthesize ``synth`` data into ``<run.output_dir>/data``). The
+    schedule defaults are the released ones (Adam 3e-4, ``lr = max(3e-4 * 0.9 ** (epoch // 20), 1e-4)``,
+    batch 256). The released DKPH sets ``num_epochs=48`` but its loop breaks only after epoch 48,
+    so it trains **49** epochs -- the default here. The k-means details of the graph (iterations,
+    init, local Dask workers, rows per chunk) are read from the ``graph`` section.
+    """
+
+    model: Literal["dkph", "bth"] = Field("dkph", description="The student: DKPH, or the BTH baseline.")
+    bits: int = Field(64, description="Code length K (multiple of 8).")
+    num_frames: int = Field(25, gt=0, description="M, frames per video (must equal the dataset's).")
+    feature_dim: int = Field(4096, gt=0, description="D, dims per frame (must equal the dataset's).")
+    hidden: int = Field(256, gt=0, description="Transformer width d (teacher and student).")
+    layers: int = Field(1, gt=0)
+    heads: int = Field(1, gt=0)
+    ffn: int = Field(1024, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    temporal: bool = Field(True, description="DKPH temporal layer (False: ablation).")
+    use_tsim: bool = Field(True, description="DKPH L_tsim (False: ablation).")
+    use_bsim: bool = Field(True, description="DKPH L_bsim (False: ablation).")
+    gamma1: float = Field(0.11, ge=0.0, description="Weight of L_bsim.")
+    gamma2: float = Field(0.9, ge=0.0, description="Weight of L_tsim.")
+    teacher_bits: int | None = Field(None, description="Teacher per-frame code length; null = bits.")
+    teacher_epochs: int = Field(
+        49, ge=0, description="Teacher (reconstruction-only BTH) epochs; the BTH author used 250-300 on ActivityNet.")
+    epochs: int = Field(49, ge=0, description="Student epochs (released DKPH: num_epochs=48, i.e. 49 run).")
+    batch_size: int = Field(256, gt=0)
+    lr: float = Field(3e-4, gt=0.0)
+    lr_decay: float = Field(0.9, gt=0.0)
+    lr_decay_every: int = Field(20, gt=0)
+    lr_min: float = Field(1e-4, ge=0.0)
+    mask_prob: float = Field(0.15, ge=0.0, le=1.0, description="BERT-style frame masking probability.")
+    anchors: int = Field(2000, gt=0, description="k-means anchors of the graph (released: 2000).")
+    graph_rule: Literal["bth", "nph", "gaussian"] = "bth"
+    graph_executor: Literal["dask", "sequential"] = Field(
+        "dask", description="dask: build_graph on dask_address; sequential: in-process (small data, tests).")
+    dask_address: str | None = Field(None, description='null (local Dask cluster), "ray" or a scheduler address.')
+    pair_backend: Literal["auto", "numba", "numpy"] = Field("auto", description="PairSampler backend.")
+    shuffle_buffer: int = Field(8192, ge=0, description="Videos mixed per shuffle (row-group order is shuffled too).")
+    partner_cache_bytes: int = Field(
+        2 << 30, ge=0,
+        description="Hold the training features in memory for partner lookups when they fit in this many bytes; "
+                    "else read the row groups holding the partners.")
+    ckpt_every: int = Field(1, gt=0)
+    eval_every: int = Field(0, ge=0, description="Student epochs between mAP evaluations (0: only at the end).")
+    device: str = Field("auto", description='"auto" (CUDA when available), "cpu", "cuda", "cuda:0", ...')
+    num_workers: int = Field(1, gt=0, description="Ray Train workers (cluster runs).")
+    use_gpu: bool = Field(False, description="Ray Train workers use one GPU each.")
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_ok(cls, v: int) -> int:
+        return _check_bits(v)
+
+    @field_validator("teacher_bits")
+    @classmethod
+    def _teacher_bits_ok(cls, v: int | None) -> int | None:
+        return None if v is None else _check_bits(v)
+
+    @field_validator("dask_address")
+    @classmethod
+    def _address_ok(cls, v: str | None) -> str | None:
+        if v is None or v == "ray" or ":" in v:
+            return v
+        raise ValueError(f'must be null, "ray" or a Dask scheduler address such as tcp://host:8786, got {v!r}')
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TrainSection:
+        if self.hidden % self.heads:
+            raise ValueError(f"train.heads: must divide train.hidden={self.hidden}, got {self.heads}")
+        return self
+
+
 class Config(_Section):
     """The root configuration; every YAML file in ``configs/`` validates against it."""
 
@@ -234,6 +310,7 @@ class Config(_Section):
     index: IndexSection = Field(default_factory=IndexSection)
     demo: DemoSection = Field(default_factory=DemoSection)
     graph: GraphSection = Field(default_factory=GraphSection)
+    train: TrainSection = Field(default_factory=TrainSection)
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML (logged by jobs and saved in run folders)."""
@@ -320,3 +397,27 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     if overrides:
         source += " + overrides " + " ".join(overrides)
     return config_from_dict(apply_overrides(data, overrides), source)
+
+
+def load_job_config(argv: Sequence[str] | None, *, default_config: str, description: str, job: str) -> Config:
+    """The shared front of every ``jobs/<name>.py``: parse ``--config FILE`` + dotted overrides,
+    set up logging, log the resolved config and return it.
+
+    A bad config prints every problem and exits with status 2 (``SystemExit``), before any work.
+    """
+    import argparse
+    import logging
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=default_config, help="YAML config file (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.getLogger(f"jobs.{job}").info("resolved config:\n%s", cfg.to_yaml())
+    return cfg
