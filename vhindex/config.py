@@ -272,6 +272,10 @@ class TrainSection(_Section):
     ckpt_every: int = Field(1, gt=0)
     eval_every: int = Field(0, ge=0, description="Student epochs between mAP evaluations (0: only at the end).")
     device: str = Field("auto", description='"auto" (CUDA when available), "cpu", "cuda", "cuda:0", ...')
+    backend: Literal["auto", "ray", "local"] = Field(
+        "auto", description='Where jobs/train_dkph.py trains: "ray" (Ray Train, cluster.train), "local" '
+                            '(in-process), "auto" (Ray when RAY_ADDRESS is set, e.g. under `ray job submit`, '
+                            "or num_workers > 1; else in-process).")
     num_workers: int = Field(1, gt=0, description="Ray Train workers (cluster runs).")
     use_gpu: bool = Field(False, description="Ray Train workers use one GPU each.")
 

@@ -3,7 +3,9 @@
 >>> model = build_model("itq", bits=32).fit(lambda: iter(batches), seed=0)   # doctest: +SKIP
 >>> codes = model.encode_packed(frames)                                       # doctest: +SKIP
 
-Later models (BTH, DKPH, NPH, ...) subclass :class:`HashModel` and register with
+Learned models (torch): :class:`BTH` (``"bth"``) and :class:`DKPH` (``"dkph"``) in
+:mod:`vhindex.models.learned`, their networks in :mod:`vhindex.models.nets` and losses in
+:mod:`vhindex.models.losses`. Later models subclass :class:`HashModel` and register with
 :func:`register_model`.
 """
 
@@ -22,8 +24,11 @@ from vhindex.models.base import (
     signs,
 )
 from vhindex.models.baselines import ITQ, LSH, PCASign, quantization_loss, random_orthogonal
+from vhindex.models.learned import BTH, DKPH
 
 __all__ = [
+    "BTH",
+    "DKPH",
     "ITQ",
     "LSH",
     "MODEL_REGISTRY",

@@ -1,0 +1,138 @@
+"""Training losses of BTH and DKPH, exactly as in the released ``train.py`` / ``train_dkph.py``.
+
+Notation: a batch holds ``B`` pairs of videos ``(v1, v2)`` with similarity ``s`` in {+1, -1}
+(``(B,)``), original (unmasked) frames ``F1, F2`` ``(B, M, D)``, network outputs ``out1, out2``
+(dicts of :class:`~vhindex.models.nets.BTHNet` / :class:`~vhindex.models.nets.DKPHNet`), codes of
+``K`` bits, encoder width ``d`` and ``c1, c2`` ``(B, d)`` = the embedding of each video's nearest
+anchor (teacher latent space). Every function returns a dict of scalar tensors whose ``"total"`` is
+the training objective.
+
+* teacher (BTH trained with the mask loss only): ``total = recon``.
+* BTH: ``total = 0.92 * mask + 0.08 * nei + 0.8 * mu`` with
+  ``mask = [||F1^ - F1||^2 + ||F2^ - F2||^2] / (2 M D B)``,
+  ``nei = (1/B) sum (s - <mean_t b1, mean_t b2> / K)^2``,
+  ``mu = [||mean_t h1 - c1||^2 + ||mean_t h2 - c2||^2] / (d B)``.
+* DKPH: ``total = recon + gamma2 * tsim + gamma1 * bsim`` with ``recon`` as BTH's ``mask``,
+  ``bsim = (1/B) sum (s - <b1, b2> / K)^2`` on the video codes and
+  ``tsim = [||mean_t E1 - c1||^2 + ||mean_t E2 - c2||^2] / (d B)
+  + 0.1 * TripletMarginLoss(margin=0.5, p=2)(mean_t E1, w c1, w c2)``, ``w = (1 - s) / 2``.
+  For a similar pair ``w = 0``: anchor-to-positive and anchor-to-negative distances are equal, so the
+  triplet term is the constant ``margin`` with no gradient; only dissimilar pairs (``w = 1``) pull
+  ``mean_t E1`` towards its own anchor and away from the other video's anchor.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["bth_loss", "dkph_loss", "recon_loss", "teacher_loss"]
+
+
+def recon_loss(recon: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over all elements (all frames and dims, every video in the batch)."""
+    if recon.shape != target.shape:
+        raise ValueError(f"recon_loss: reconstruction {tuple(recon.shape)} vs target {tuple(target.shape)}")
+    return F.mse_loss(recon, target.to(recon.dtype), reduction="mean")
+
+
+def _pair_recon(out1: dict[str, Tensor], out2: dict[str, Tensor], frames1: Tensor, frames2: Tensor) -> Tensor:
+    # [sum1 + sum2] / (2 M D B) == mean of the two per-video-batch MSEs (both batches have B*M*D elements)
+    return 0.5 * (recon_loss(out1["recon"], frames1) + recon_loss(out2["recon"], frames2))
+
+
+def _code_similarity_loss(b1: Tensor, b2: Tensor, s: Tensor) -> Tensor:
+    """``(1/B) sum (s - <b1, b2>/K)^2``."""
+    sim = (b1 * b2).sum(dim=1) / b1.shape[1]
+    return ((s.to(sim.dtype).reshape(-1) - sim) ** 2).mean()
+
+
+def _anchor_loss(h1: Tensor, h2: Tensor, c1: Tensor, c2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``[||mean_t h1 - c1||^2 + ||mean_t h2 - c2||^2] / (d B)`` and the two mean-pooled embeddings."""
+    m1, m2 = h1.mean(dim=1), h2.mean(dim=1)
+    if c1.shape != m1.shape or c2.shape != m2.shape:
+        raise ValueError(
+            f"anchor embeddings must be (B, d)={tuple(m1.shape)} like the mean-pooled hidden states, got "
+            f"c1 {tuple(c1.shape)}, c2 {tuple(c2.shape)}; anchors must come from a teacher of the same width d"
+        )
+    b, d = m1.shape
+    loss = (((m1 - c1.to(m1.dtype)) ** 2).sum() + ((m2 - c2.to(m2.dtype)) ** 2).sum()) / (d * b)
+    return loss, m1, m2
+
+
+def teacher_loss(out: dict[str, Tensor], frames: Tensor) -> dict[str, Tensor]:
+    """The teacher objective: reconstruction of the unmasked ``frames`` only (``total == recon``)."""
+    recon = recon_loss(out["recon"], frames)
+    return {"total": recon, "recon": recon}
+
+
+def bth_loss(
+    out1: dict[str, Tensor], out2: dict[str, Tensor], frames1: Tensor, frames2: Tensor, s: Tensor,
+    c1: Tensor, c2: Tensor, *, w_mask: float = 0.92, w_nei: float = 0.08, w_mu: float = 0.8,
+) -> dict[str, Tensor]:
+    """BTH's loss ``w_mask * mask + w_nei * nei + w_mu * mu`` (module docstring has the terms).
+
+    Args:
+        out1: :class:`~vhindex.models.nets.BTHNet` output of the first (masked) videos.
+        out2: output of the second videos.
+        frames1: unmasked frames of the first videos ``(B, M, D)`` (reconstruction targets).
+        frames2: unmasked frames of the second videos.
+        s: ``(B,)`` pair similarity, +1 similar / -1 dissimilar.
+        c1: ``(B, d)`` nearest-anchor embedding of the first videos.
+        c2: ``(B, d)`` nearest-anchor embedding of the second videos.
+        w_mask: weight of the reconstruction ("visual cloze") term.
+        w_nei: weight of the similarity-reconstruction term.
+        w_mu: weight of the cluster-assignment term.
+
+    Returns:
+        ``{"total", "mask", "nei", "mu"}`` scalar tensors.
+    """
+    mask = _pair_recon(out1, out2, frames1, frames2)
+    nei = _code_similarity_loss(out1["video_code"], out2["video_code"], s)
+    mu, _, _ = _anchor_loss(out1["hidden"], out2["hidden"], c1, c2)
+    return {"total": w_mask * mask + w_nei * nei + w_mu * mu, "mask": mask, "nei": nei, "mu": mu}
+
+
+def dkph_loss(
+    out1: dict[str, Tensor], out2: dict[str, Tensor], frames1: Tensor, frames2: Tensor, s: Tensor,
+    c1: Tensor, c2: Tensor, *, gamma1: float = 0.11, gamma2: float = 0.9, use_tsim: bool = True,
+    use_bsim: bool = True, triplet_weight: float = 0.1, margin: float = 0.5,
+) -> dict[str, Tensor]:
+    """DKPH's loss ``recon + gamma2 * tsim + gamma1 * bsim`` (module docstring has the terms).
+
+    Args:
+        out1: :class:`~vhindex.models.nets.DKPHNet` output of the first (masked) videos.
+        out2: output of the second videos.
+        frames1: unmasked frames of the first videos ``(B, M, D)`` (reconstruction targets).
+        frames2: unmasked frames of the second videos.
+        s: ``(B,)`` pair similarity, +1 similar / -1 dissimilar.
+        c1: ``(B, d)`` nearest-anchor embedding of the first videos.
+        c2: ``(B, d)`` nearest-anchor embedding of the second videos.
+        gamma1: weight of ``bsim`` (binary structure similarity).
+        gamma2: weight of ``tsim`` (teacher-student visual embedding similarity).
+        use_tsim: include ``tsim`` in ``total`` (ablation "no L_tsim" when False).
+        use_bsim: include ``bsim`` in ``total`` (ablation "no L_bsim" when False).
+        triplet_weight: weight of the triplet part inside ``tsim`` (released 0.1).
+        margin: triplet margin (released 0.5).
+
+    Returns:
+        ``{"total", "recon", "tsim", "bsim"}`` scalar tensors. A term switched off is still reported,
+        detached (for monitoring), but contributes nothing to ``total`` or its gradient.
+    """
+    recon = _pair_recon(out1, out2, frames1, frames2)
+    bsim = _code_similarity_loss(out1["code"], out2["code"], s)
+    anchor, m1, _ = _anchor_loss(out1["hidden"], out2["hidden"], c1, c2)
+    w = ((1.0 - s.to(m1.dtype)) / 2.0).reshape(-1, 1)
+    triplet = F.triplet_margin_loss(m1, w * c1.to(m1.dtype), w * c2.to(m1.dtype), margin=margin, p=2.0, eps=1e-6)
+    tsim = anchor + triplet_weight * triplet
+    total = recon
+    if use_tsim:
+        total = total + gamma2 * tsim
+    else:
+        tsim = tsim.detach()
+    if use_bsim:
+        total = total + gamma1 * bsim
+    else:
+        bsim = bsim.detach()
+    return {"total": total, "recon": recon, "tsim": tsim, "bsim": bsim}
+
