@@ -17,34 +17,48 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+# The demo's learned students on the tiny preset: a small net, 1-2 epochs, few anchors (seconds).
+SMALL_DKPH = ("train.hidden=32", "train.ffn=64", "train.teacher_epochs=1", "train.epochs=2", "train.anchors=16",
+              "train.pair_backend=numpy")
+
+
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "run"
     proc = _cli("demo", "--config", "configs/demo.yaml", "synth.preset=tiny", f"run.output_dir={out}",
-                "demo.bits=[16, 32]", "demo.example_queries=2")
+                "demo.bits=[16, 32]", "demo.learned_bits=null", "demo.example_queries=2", *SMALL_DKPH)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout
-    for name in ("lsh-16", "pca_sign-32", "itq-32"):
+    for name in ("lsh-16", "pca_sign-32", "itq-32", "dkph-16", "dkph-32"):
         assert name in text
     assert "Example queries" in text and "hamming" in text
     results = json.loads((out / "eval" / "results.json").read_text())
-    assert set(results) == {f"{m}-{b}" for m in ("lsh", "pca_sign", "itq") for b in (16, 32)}
+    assert set(results) == {f"{m}-{b}" for m in ("lsh", "pca_sign", "itq", "dkph") for b in (16, 32)}
+    # DKPH went through the train recipe: one shared teacher + graph, one student per code length.
+    learned = out / "learned"
+    for stage in ("teacher", "teacher/embeddings", "graph", "dkph-16/student", "dkph-32/student"):
+        assert (learned / stage).is_dir(), stage
+    assert (out / "models" / "dkph-32").is_dir() and (out / "codes" / "dkph-32" / "query").is_dir()
     for r in results.values():
         maps = {int(k): v for k, v in r["map_at_k"].items()}
         assert 0.0 < maps[5] <= 1.0
     assert (out / "eval" / "map_vs_k.png").stat().st_size > 1000
     assert (out / "eval" / "pr_curves.png").stat().st_size > 1000
     assert (out / "index").is_dir()
-    # A re-run reuses the complete synthetic dataset instead of regenerating it.
+    # A re-run reuses the complete synthetic dataset and the trained teacher / student (stage markers).
     proc = _cli("demo", "--config", "configs/demo.yaml", "synth.preset=tiny", f"run.output_dir={out}",
-                "demo.bits=[16]", "demo.methods=[lsh]", "demo.example_queries=0")
+                "demo.bits=[16]", "demo.methods=[lsh]", "demo.learned_bits=[16]", "demo.example_queries=0",
+                *SMALL_DKPH)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reusing synthetic dataset" in proc.stdout
+    assert "teacher (reused" in proc.stdout
+    reran = json.loads((out / "eval" / "results.json").read_text())
+    assert reran["dkph-16"]["map_at_k"] == results["dkph-16"]["map_at_k"]
     # Data from another generator version / spec (different spec_hash) is rebuilt, not reused.
     spec_file = out / "data" / "synth_spec.json"
     spec = json.loads(spec_file.read_text())
     spec_file.write_text(json.dumps({**spec, "spec_hash": "stale"}))
     proc = _cli("demo", "--config", "configs/demo.yaml", "synth.preset=tiny", f"run.output_dir={out}",
-                "demo.bits=[16]", "demo.methods=[lsh]", "demo.example_queries=0")
+                "demo.bits=[16]", "demo.methods=[lsh]", "demo.learned=[]", "demo.example_queries=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "synthesizing" in proc.stdout and "reusing" not in proc.stdout
     assert json.loads(spec_file.read_text())["spec_hash"] == spec["spec_hash"]

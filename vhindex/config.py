@@ -142,10 +142,19 @@ class IndexSection(_Section):
 
 
 class DemoSection(_Section):
-    """What ``vhindex demo`` runs."""
+    """What ``vhindex demo`` runs.
+
+    ``learned`` adds learned hashers (``dkph``, ``bth``) trained by the ``train`` recipe on the
+    demo's synthetic data (teacher -> embeddings -> in-process anchor graph -> student) beside the
+    baselines; their epochs, width and anchors come from the ``train`` section.
+    """
 
     methods: list[str] = Field(default_factory=lambda: ["lsh", "pca_sign", "itq"])
     bits: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    learned: list[Literal["dkph", "bth"]] = Field(
+        default_factory=list, description="Learned students trained beside the baselines (empty: none).")
+    learned_bits: list[int] | None = Field(
+        None, description="Code lengths (of demo.bits) the learned students train at; null = every demo.bits.")
     example_queries: int = Field(3, ge=0)
     show_top: int = Field(5, gt=0)
 
@@ -155,6 +164,24 @@ class DemoSection(_Section):
         for b in v:
             _check_bits(b)
         return v
+
+    @field_validator("learned")
+    @classmethod
+    def _learned_unique(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+    @field_validator("learned_bits")
+    @classmethod
+    def _learned_bits_ok(cls, v: list[int] | None) -> list[int] | None:
+        for b in v or ():
+            _check_bits(b)
+        return v
+
+    def learned_lengths(self) -> list[int]:
+        """Code lengths the learned students train at: the ``bits`` also in ``learned_bits`` (null: all)."""
+        if not self.learned:
+            return []
+        return [b for b in self.bits if self.learned_bits is None or b in self.learned_bits]
 
     @field_validator("methods")
     @classmethod

@@ -1,8 +1,14 @@
 """``vhindex demo``: the whole single-machine pipeline on an embedded synthetic dataset.
 
-synthesize (or reuse) a dataset -> fit each baseline at each code length -> encode query and
-database splits to codes datasets -> mAP@K table -> build a binary index -> answer example
-queries -> write results (JSON, markdown, PNG plots) into the run folder.
+synthesize (or reuse) a dataset -> fit each baseline at each code length -> (``demo.learned``)
+train the learned students with the :mod:`vhindex.train` recipe -> encode query and database
+splits to codes datasets -> mAP@K table -> build a binary index with the best code of the largest
+length -> answer example queries -> write results (JSON, markdown, PNG plots) into the run folder.
+
+Learned students (DKPH, BTH) share one teacher, its embeddings and one anchor graph (built in this
+process, no Dask cluster) under ``<output_dir>/learned``; each student trains under
+``<output_dir>/learned/<name>``. Every stage is skipped when complete (``_stage.json``), so a re-run
+with the same settings only re-encodes and re-evaluates.
 """
 
 from __future__ import annotations
@@ -11,12 +17,12 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from vhindex import fs as vfs
-from vhindex.config import Config
+from vhindex.config import Config, config_from_dict
 from vhindex.data import CodesDataset, FrameDataset
 from vhindex.data.schema import MANIFEST_NAME
 from vhindex.data.synth import SPEC_FILE_NAME, SYNTH_PRESETS, write_synthetic
@@ -27,6 +33,8 @@ from vhindex.pipeline import encode_dataset, fit_model, labels_for
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "query", "database")
+LEARNED = ("dkph", "bth")
+DEMO_TEACHER_BITS = 64  # teacher code length when train.teacher_bits is null (independent of the students')
 
 
 @dataclass
@@ -78,6 +86,79 @@ def ensure_synthetic(cfg: Config, data_url: str, out: TextIO | None = None) -> N
     _say(out, f"  done in {time.perf_counter() - t0:.1f}s")
 
 
+def learned_config(cfg: Config, data_url: str) -> Config:
+    """The :mod:`vhindex.train` config of the demo's learned students.
+
+    The demo's ``train`` section, with: the run folder ``<output_dir>/learned``; the demo's frame
+    datasets as ``data.*``; ``train.num_frames`` / ``train.feature_dim`` taken from the data (so any
+    ``synth`` preset works); the anchor graph built in this process (``graph_executor=sequential``);
+    and ``train.teacher_bits`` fixed (default: :data:`DEMO_TEACHER_BITS`) so one teacher serves every
+    code length, and a re-run with other code lengths reuses it.
+
+    Args:
+        cfg: the demo configuration.
+        data_url: folder of the demo's ``train`` / ``query`` / ``database`` frame datasets.
+
+    Returns:
+        The validated config (``train.bits`` is set per student by :class:`LearnedTrainer`).
+    """
+    so = cfg.run.storage_options
+    meta = FrameDataset.open(f"{data_url}/train", so).meta
+    data = cfg.model_dump(mode="json")
+    data["run"]["output_dir"] = f"{cfg.run.output_dir.rstrip('/')}/learned"
+    data["data"].update({s: f"{data_url}/{s}" for s in SPLITS})
+    data["data"]["storage_options"] = so
+    data["train"].update(num_frames=meta.num_frames, feature_dim=meta.feature_dim, graph_executor="sequential",
+                         teacher_bits=cfg.train.teacher_bits or DEMO_TEACHER_BITS)
+    return config_from_dict(data, source="demo (learned students)")
+
+
+class LearnedTrainer:
+    """Trains the demo's learned students; the teacher, embeddings and graph are built once, on first use.
+
+    Args:
+        cfg: the demo configuration.
+        data_url: folder of the demo's frame datasets.
+        out: progress stream (None: quiet).
+    """
+
+    def __init__(self, cfg: Config, data_url: str, out: TextIO | None = None) -> None:
+        self.cfg = learned_config(cfg, data_url)
+        self.out = out
+        self._datasets: dict[str, FrameDataset] | None = None
+        self._graph: str | None = None
+
+    def _prepare(self) -> tuple[dict[str, FrameDataset], str]:
+        from vhindex.train.recipes import build_teacher_graph, check_datasets, train_teacher, write_teacher_embeddings
+
+        if self._datasets is None or self._graph is None:
+            cfg, t = self.cfg, self.cfg.train
+            self._datasets = check_datasets(cfg)
+            t0 = time.perf_counter()
+            teacher, res = train_teacher(cfg, self._datasets, progress=False)
+            emb = write_teacher_embeddings(cfg, teacher, self._datasets["train"])
+            self._graph = build_teacher_graph(cfg, emb)
+            what = "reused" if res is None else f"trained {t.teacher_epochs} epochs"
+            _say(self.out, f"  teacher ({what}, d={t.hidden}, {t.teacher_bits} bits) + embeddings + graph "
+                           f"({t.anchors} anchors) {time.perf_counter() - t0:5.1f}s")
+        return self._datasets, self._graph
+
+    def fit(self, kind: str, bits: int) -> Any:
+        """Train (or reuse) the ``kind`` student (``"dkph"`` / ``"bth"``) at ``bits``; return the HashModel."""
+        from vhindex.train.recipes import train_bth, train_student
+
+        if kind not in LEARNED:
+            raise ValueError(f"demo.learned: unknown learned model {kind!r}; choose from {list(LEARNED)}")
+        datasets, graph = self._prepare()
+        data = self.cfg.model_dump(mode="json")
+        data["run"]["output_dir"] = f"{self.cfg.run.output_dir}/{kind}-{bits}"
+        data["train"]["bits"] = bits
+        cfg = config_from_dict(data, source=f"demo ({kind}-{bits})")
+        trainer = train_student if kind == "dkph" else train_bth
+        model, _ = trainer(cfg, datasets, graph_url=graph, progress=False)
+        return model
+
+
 def run_demo(cfg: Config, out: TextIO | None = None) -> DemoResult:
     """Run the demo pipeline described in the module docstring; print progress to ``out``."""
     t_start = time.perf_counter()
@@ -88,12 +169,22 @@ def run_demo(cfg: Config, out: TextIO | None = None) -> DemoResult:
     train, query, database = (FrameDataset.open(f"{data_url}/{s}", so) for s in SPLITS)
     num_classes = database.meta.num_classes
 
+    learned_bits = cfg.demo.learned_lengths()
+    learner = LearnedTrainer(cfg, data_url, out) if learned_bits else None
+    if learner is not None:
+        t = learner.cfg.train
+        _say(out, f"learned students {cfg.demo.learned} at {learned_bits} bits: teacher {t.teacher_epochs} "
+                  f"epochs, students {t.epochs} epochs (train section)")
     results = {}
     for bits in cfg.demo.bits:
-        for method in cfg.demo.methods:
+        methods = [*cfg.demo.methods, *(cfg.demo.learned if bits in learned_bits else ())]
+        for method in methods:
             name = f"{method}-{bits}"
             t0 = time.perf_counter()
-            model = fit_model(method, bits, train, seed=cfg.run.seed, batch_size=cfg.data.batch_size)
+            if learner is not None and method in cfg.demo.learned:
+                model = learner.fit(method, bits)
+            else:
+                model = fit_model(method, bits, train, seed=cfg.run.seed, batch_size=cfg.data.batch_size)
             model.save(f"{root}/models/{name}", so)
             codes = {}
             for split, frames in (("query", query), ("database", database)):
@@ -119,7 +210,7 @@ def run_demo(cfg: Config, out: TextIO | None = None) -> DemoResult:
     # Index the best code of the largest length and answer a few queries with it.
     top_bits = max(cfg.demo.bits)
     first_k = cfg.eval.ks[0]
-    best = max((f"{m}-{top_bits}" for m in cfg.demo.methods), key=lambda n: results[n].map_at_k[first_k])
+    best = max((n for n in results if n.endswith(f"-{top_bits}")), key=lambda n: results[n].map_at_k[first_k])
     db_ids, db_codes = CodesDataset.open(f"{root}/codes/{best}/database", so).read_all()
     index = BinaryFlatIndex(top_bits)
     index.add(db_ids, db_codes)
