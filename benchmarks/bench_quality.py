@@ -18,7 +18,7 @@ paper's dims (M=25, D=4096, d=256) on a small synthetic set.
 
 Usage::
 
-    python benchmarks/bench_quality.py --epochs 8 --teacher-epochs 8 --report /tmp/bench_quality.md
+    python benchmarks/bench_quality.py --epochs 8 --teacher-epochs 8 --report bench_quality.md
     python benchmarks/bench_quality.py --throughput-only --tp-videos 512
 
 Prints markdown tables (and writes them to ``--report``).
@@ -31,6 +31,7 @@ import datetime as dt
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,7 +252,8 @@ def report(args: argparse.Namespace, per_seed: dict[int, dict[str, dict[int, flo
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the tables and write them to ``--report``."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", default="/tmp/vhindex-bench-quality", help="work folder (runs are reused if complete)")
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "vhindex-bench-quality"),
+                   help="work folder (runs are reused if complete)")
     p.add_argument("--report", default="benchmarks/results/bench_quality.md", help="markdown output file")
     p.add_argument("--preset", default="demo")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -226,7 +226,7 @@ def connect_ray(num_cpus: int | None = None) -> bool:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    gcs_port, dashboard_port = _free_ports(2)
+    gcs_port, dashboard_port = free_ports(2)
     address = f"127.0.0.1:{gcs_port}"
     saved = os.environ.get("RAY_GCS_SERVER_PORT")
     os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read by a local ray.init; lets us name the address
@@ -246,7 +246,8 @@ def connect_ray(num_cpus: int | None = None) -> bool:
     return True
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now (all sockets held open while picking)."""
     import socket
 
     socks = []

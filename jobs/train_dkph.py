@@ -9,7 +9,7 @@ Where it trains (``train.backend``): ``ray`` runs the teacher and student stages
 ``ray job submit`` (``$RAY_ADDRESS``) or else a local Ray; ``local`` trains in-process; ``auto``
 (default) picks Ray when ``$RAY_ADDRESS`` is set or ``train.num_workers > 1``. Examples::
 
-    python jobs/train_dkph.py --config configs/train/demo.yaml run.output_dir=/tmp/dkph-demo
+    python jobs/train_dkph.py --config configs/train/demo.yaml run.output_dir=$PWD/runs/dkph-demo
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
         python jobs/train_dkph.py --config configs/train/fcvid-64.yaml run.output_dir=s3://bucket/fcvid-64 \\
         data.train=s3://bucket/fcvid/train data.query=s3://bucket/fcvid/query data.database=s3://bucket/fcvid/database

@@ -1,6 +1,6 @@
-"""A private Ray head for tests: free ports, a unique temp dir, stopped by PID (never ``ray stop``).
+"""A private Ray head for tests: free ports, a unique temp dir, stopped by PID (never the machine-wide stop command).
 
-``ray stop`` and ``pkill`` are machine-wide: they would kill other users' (or other test runs')
+The machine-wide Ray stop command and ``pkill`` are machine-wide: they would kill other users' (or other test runs')
 Ray clusters on a shared box. :class:`RayHead` therefore starts ``ray start --head`` with
 
 * every listening port it can name picked free at runtime (GCS, dashboard, client server,
@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,18 +51,7 @@ RAY_TEST_ENV = {
 }
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now (all sockets held open while picking)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from cluster.train import free_ports  # noqa: E402  (re-exported for the tests)
 
 
 def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -208,7 +196,7 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _forget_current_cluster(self) -> None:
-        """Remove a ``ray_current_cluster`` file that points at this head (``ray stop`` would)."""
+        """Remove a ``ray_current_cluster`` file that points at this head (as the machine-wide stop command would)."""
         for path in (Path(self.temp_dir) / "ray_current_cluster", Path("/tmp/ray/ray_current_cluster")):
             with contextlib.suppress(OSError):
                 if path.read_text().strip() == self.address:
