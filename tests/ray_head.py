@@ -1,6 +1,6 @@
 """A private Ray head for tests: free ports, a unique temp dir, stopped by PID (never the machine-wide stop command).
 
-The machine-wide Ray stop command and ``pkill`` are machine-wide: they would kill other users' (or other test runs')
+Machine-wide stop commands (Ray's own, or killing by process name) would end other users' (or other test runs')
 Ray clusters on a shared box. :class:`RayHead` therefore starts ``ray start --head`` with
 
 * every listening port it can name picked free at runtime (GCS, dashboard, client server,

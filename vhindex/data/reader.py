@@ -13,7 +13,7 @@ import logging
 import os
 import posixpath
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -205,12 +205,24 @@ def _is_remote(fs: Any) -> bool:
     return protocol not in ("file", "local")
 
 
+_D = TypeVar("_D", bound="_BaseDataset")
+
+
 class _BaseDataset:
     def __init__(self, url: str, fs: Any, root: str, manifest: DatasetManifest) -> None:
         self.url = url
         self.manifest = manifest
         self._fs = fs
         self._root = root
+
+    @classmethod
+    def _open(cls: type[_D], url: str, storage_options: dict | None) -> _D:
+        """Read the manifest at ``url`` and build the dataset; errors are prefixed with the URL."""
+        fs, root, manifest = _open_manifest(url, storage_options)
+        try:
+            return cls(url, fs, root, manifest)
+        except ValueError as err:
+            raise ValueError(f"{url}: {err}") from err
 
     @property
     def num_videos(self) -> int:
@@ -330,11 +342,7 @@ class FrameDataset(_BaseDataset):
             IncompleteDatasetError: when there is no ``_manifest.json``.
             ValueError: when the manifest is not a frame-feature dataset's.
         """
-        fs, root, manifest = _open_manifest(url, storage_options)
-        try:
-            return cls(url, fs, root, manifest)
-        except ValueError as err:
-            raise ValueError(f"{url}: {err}") from err
+        return cls._open(url, storage_options)
 
     @property
     def has_labels(self) -> bool:
@@ -451,11 +459,7 @@ class CodesDataset(_BaseDataset):
     @classmethod
     def open(cls, url: str, storage_options: dict | None = None) -> CodesDataset:
         """Open the codes dataset at ``url`` through its manifest (see :meth:`FrameDataset.open`)."""
-        fs, root, manifest = _open_manifest(url, storage_options)
-        try:
-            return cls(url, fs, root, manifest)
-        except ValueError as err:
-            raise ValueError(f"{url}: {err}") from err
+        return cls._open(url, storage_options)
 
     def iter_batches(self, batch_size: int = 65536, *, tasks: Iterable[ReadTask] | None = None) -> Iterator[CodesBatch]:
         """Stream ``(video_ids, codes)`` batches in dataset order (see :meth:`FrameDataset.iter_batches`)."""
@@ -573,11 +577,7 @@ class EmbeddingDataset(_BaseDataset):
             IncompleteDatasetError: when there is no ``_manifest.json``.
             ValueError: when the manifest is not an embeddings dataset's.
         """
-        fs, root, manifest = _open_manifest(url, storage_options)
-        try:
-            return cls(url, fs, root, manifest)
-        except ValueError as err:
-            raise ValueError(f"{url}: {err}") from err
+        return cls._open(url, storage_options)
 
     @property
     def dim(self) -> int:

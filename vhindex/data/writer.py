@@ -162,6 +162,17 @@ class _PartWriter:
         self._closed = False
         self._prepare_folder(overwrite)
 
+    def _new_ids(self, video_ids: Sequence[str], batch_rows: int) -> list[str]:
+        """Check a batch's ids (one per row, non-empty, unique in the batch and never written before).
+
+        The ids are not recorded here: a writer records them once the whole batch is accepted.
+        """
+        ids = _check_ids(video_ids, batch_rows, set())
+        dup = next((v for v in ids if v in self._seen), None)
+        if dup is not None:
+            raise ValueError(f"duplicate video id {dup!r}: already written to {self.url}; video ids must be unique")
+        return ids
+
     # -- folder -------------------------------------------------------------------------------
     def _prepare_folder(self, overwrite: bool) -> None:
         vfs.prepare_dataset_folder(self._fs, self._root, self.url, overwrite, MANIFEST_NAME)
@@ -365,10 +376,7 @@ class FrameDatasetWriter(_PartWriter):
             )
         label_array = self._label_array(labels, b) if self.with_labels else None
         # Check ids last: they are recorded as seen only when the whole batch is valid.
-        ids = _check_ids(video_ids, b, set())
-        dup = next((v for v in ids if v in self._seen), None)
-        if dup is not None:
-            raise ValueError(f"duplicate video id {dup!r}: already written to {self.url}; video ids must be unique")
+        ids = self._new_ids(video_ids, b)
         if b == 0:
             self._seen.update(ids)
             return
@@ -467,10 +475,7 @@ class CodesDatasetWriter(_PartWriter):
         if arr.ndim != 2 or arr.shape[1] != nbytes:
             raise ValueError(f"codes must have shape (B, bits/8={nbytes}) for {self.meta.bits} bits, got {arr.shape}")
         b = arr.shape[0]
-        ids = _check_ids(video_ids, b, set())
-        dup = next((v for v in ids if v in self._seen), None)
-        if dup is not None:
-            raise ValueError(f"duplicate video id {dup!r}: already written to {self.url}; video ids must be unique")
+        ids = self._new_ids(video_ids, b)
         self._seen.update(ids)
         if b == 0:
             return
@@ -540,10 +545,7 @@ class EmbeddingDatasetWriter(_PartWriter):
         if not (np.issubdtype(emb.dtype, np.floating) or np.issubdtype(emb.dtype, np.integer)):
             raise ValueError(f"embeddings must be a numeric array, got dtype {emb.dtype}")
         b = emb.shape[0]
-        ids = _check_ids(video_ids, b, set())
-        dup = next((v for v in ids if v in self._seen), None)
-        if dup is not None:
-            raise ValueError(f"duplicate video id {dup!r}: already written to {self.url}; video ids must be unique")
+        ids = self._new_ids(video_ids, b)
         if b == 0:
             self._seen.update(ids)
             return
