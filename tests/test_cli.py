@@ -73,7 +73,7 @@ def test_stage_commands_chain(tmp_path, capsys):
                  "model.bits=32", f"--out={model}"]) == 0
     for split in ("query", "database"):
         assert main(["encode", "--model", str(model), "--frames", str(data / split),
-                     "--out", str(tmp_path / "codes" / split)]) == 0
+                     "--out", str(tmp_path / "codes" / split), "--engine", "local"]) == 0
     assert main(["index", "--codes", str(tmp_path / "codes" / "database"), "--out", str(tmp_path / "index")]) == 0
     capsys.readouterr()
     assert main(["query", "--index", str(tmp_path / "index"), "--video-id", "database-0000003", "-k", "4"]) == 0

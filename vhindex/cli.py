@@ -92,18 +92,43 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_encode(args: argparse.Namespace) -> int:
-    from vhindex.data import FrameDataset
-    from vhindex.models import load_model
-    from vhindex.pipeline import encode_dataset
+def _pipeline_overrides(args: argparse.Namespace, section: str, flags: dict[str, str]) -> list[str]:
+    """Turn command-line flags into dotted overrides of ``section`` (flags win over --config)."""
+    out = []
+    for flag, key in flags.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{section}.{key}={json.dumps(value) if not isinstance(value, str) else value}")
+    if getattr(args, "storage_options", None):
+        out.append(f"{section}.storage_options={args.storage_options}")
+    return out
 
-    so = _storage_options(args.storage_options)
-    model = load_model(args.model, so)
-    frames = FrameDataset.open(args.frames, so)
-    stats = encode_dataset(model, frames, args.out, batch_size=args.batch_size, storage_options=so,
-                           overwrite=args.overwrite)
-    print(f"encoded {stats.videos} videos in {stats.seconds:.1f}s ({stats.videos_per_second:.0f} videos/s) -> {args.out}")
-    return 0
+
+def _run_pipeline(kind: str, args: argparse.Namespace, flags: dict[str, str]) -> int:
+    from vhindex.pipelines.jobs import run_from_config
+
+    cfg = load_config(args.config, [*args.overrides, *_pipeline_overrides(args, kind, flags)])
+    try:
+        report = run_from_config(kind, cfg, stream=sys.stderr)
+    except FileExistsError as err:
+        print(f"vhindex {kind}: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        print(f"vhindex {kind}: error: {err}", file=sys.stderr)
+        return 2
+    print(report.summary_line())
+    return report.exit_code
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    return _run_pipeline("encode", args, {"model": "model", "frames": "frames", "out": "out", "out_root": "out_root",
+                                          "batch_size": "batch_size", "engine": "pipeline.engine"})
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    return _run_pipeline("extract", args, {"listing": "listing", "out": "out", "engine": "pipeline.engine",
+                                           "backbone": "backbone", "num_frames": "num_frames",
+                                           "image_size": "image_size"})
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
@@ -233,13 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("encode", help="encode a frame-feature dataset to a codes dataset (in-process)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--frames", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("extract", help="videos -> frame-feature dataset (sharded, resumable; Ray Data actors)")
+    p.add_argument("--listing", help="folder of videos or a listing file (.txt/.csv/.jsonl/.parquet)")
+    p.add_argument("--out", help="output dataset URL")
+    p.add_argument("--backbone", help="efficientnet_lite0 (bundled weights), vgg16_fc7, resnet50_pool")
+    p.add_argument("--num-frames", type=int, help="M frames sampled per video")
+    p.add_argument("--image-size", type=int, help="crop size in pixels")
+    p.add_argument("--engine", choices=["auto", "ray", "local"], help="ray: actor pool on a (local) Ray")
     p.add_argument("--storage-options", help="fsspec options as JSON")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("encode", help="frame-feature dataset -> codes dataset (sharded, resumable; Ray Data actors)")
+    p.add_argument("--model", help="saved model URL")
+    p.add_argument("--frames", help="frame-feature dataset URL")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--out", help="exact output folder")
+    g.add_argument("--out-root", help="codes root: writes <root>/<model>-<bits>b-<version>/ beside older versions")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--engine", choices=["auto", "ray", "local"], help="ray: actor pool on a (local) Ray")
+    p.add_argument("--storage-options", help="fsspec options as JSON")
+    _add_config_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("index", help="build a binary index from a codes dataset")

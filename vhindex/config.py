@@ -329,6 +329,82 @@ class TrainSection(_Section):
             raise ValueError(f"train.heads: must divide train.hidden={self.hidden}, got {self.heads}")
         return self
 
+class PipelineSection(_Section):
+    """How a sharded Ray Data job (extraction, encoding) runs: engine, actor pool, failure policy."""
+
+    engine: Literal["auto", "ray", "local"] = Field(
+        "auto", description='"ray": Ray Data actor pool (cluster.pipelines); "local": in-process, one shard at a '
+                            'time; "auto": Ray when it is installed.')
+    address: str | None = Field(
+        None, description="Ray address; null = the job's cluster ($RAY_ADDRESS, e.g. under `ray job submit`) "
+                          "or else a local Ray on 127.0.0.1.")
+    actors: int = Field(1, gt=0, description="Largest actor pool (each actor loads the model once).")
+    min_actors: int = Field(1, gt=0, description="Smallest actor pool (autoscaling between min and max).")
+    cpus_per_actor: float = Field(
+        1.0, gt=0.0, description="CPUs reserved per actor. Leave CPUs for Ray Data's own tasks: on 2 CPUs a pool "
+                                 "that reserves every CPU hangs.")
+    gpus_per_actor: float | Literal["auto"] = Field(
+        "auto", description='GPUs per actor; "auto" = 1 when the cluster has GPUs, else 0.')
+    max_error_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="Per-video errors (undecodable files, ...) above this fraction of the "
+                                          "inputs make the job exit non-zero (the outputs are still written).")
+    progress_every_s: float = Field(10.0, gt=0.0, description="Seconds between driver progress lines.")
+
+    @model_validator(mode="after")
+    def _pool_ok(self) -> PipelineSection:
+        if self.min_actors > self.actors:
+            raise ValueError(f"min_actors={self.min_actors} must be <= actors={self.actors}")
+        return self
+
+
+class ExtractSection(_Section):
+    """Frame-feature extraction from videos (``vhindex extract``, ``jobs/extract_features.py``)."""
+
+    listing: str | None = Field(
+        None, description="fsspec URL of the videos: a listing file (.txt: one URI per line; .csv / .jsonl / "
+                          ".parquet with columns uri[, video_id][, labels]) or a folder (searched recursively "
+                          "for `extensions`).")
+    out: str | None = Field(None, description="fsspec URL of the frame-feature dataset to write.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (videos and output).")
+    extensions: list[str] = Field(
+        default_factory=lambda: [".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv"],
+        description="File extensions taken when `listing` is a folder.")
+    backbone: str = Field("efficientnet_lite0", description="vhindex.features backbone name.")
+    weights: str | None = Field(None, description="Weights file of the backbone (null: the bundled weights).")
+    num_frames: int = Field(25, gt=0, description="M, frames sampled uniformly per video.")
+    image_size: int | None = Field(None, gt=0, description="Crop size in pixels; null = the backbone's default.")
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_frames: int = Field(256, gt=0, description="Frames per CNN forward pass.")
+    decode_workers: int = Field(2, gt=0, description="Decoding threads per actor (overlap with inference).")
+    threads: int | None = Field(None, gt=0, description="torch threads per actor; null = torch's default.")
+    device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", ...')
+    min_frames: int = Field(1, gt=0, description="Videos with fewer decodable frames become error rows.")
+    videos_per_shard: int = Field(256, gt=0, description="Videos per output shard (the unit of resume).")
+    pipeline: PipelineSection = Field(default_factory=PipelineSection)
+
+
+class EncodeSection(_Section):
+    """Encoding a frame-feature dataset to codes (``vhindex encode``, ``jobs/encode.py``)."""
+
+    frames: str | None = Field(None, description="fsspec URL of the frame-feature dataset.")
+    model: str | None = Field(None, description="fsspec URL of a saved vhindex model (`vhindex fit`, training jobs).")
+    out_root: str | None = Field(
+        None, description="Codes root: the codes go to <out_root>/<model>-<bits>b-<version>/, beside (never over) "
+                          "the codes of other model versions.")
+    out: str | None = Field(None, description="Exact output folder (instead of out_root's versioned name).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (input, model, output).")
+    batch_size: int = Field(1024, gt=0, description="Videos per model call.")
+    rows_per_shard: int = Field(50_000, gt=0, description="Upper bound on videos per shard (row groups never split).")
+    threads: int | None = Field(None, gt=0, description="torch threads per actor; null = the actor's CPU count.")
+    device: str = Field("auto", description='Learned models: "auto" (CUDA when present), "cpu", "cuda", ...')
+    pipeline: PipelineSection = Field(default_factory=PipelineSection)
+
+    @model_validator(mode="after")
+    def _one_output(self) -> EncodeSection:
+        if self.out is not None and self.out_root is not None:
+            raise ValueError("set either encode.out or encode.out_root, not both")
+        return self
+
 
 class Config(_Section):
     """The root configuration; every YAML file in ``configs/`` validates against it."""
@@ -342,6 +418,8 @@ class Config(_Section):
     demo: DemoSection = Field(default_factory=DemoSection)
     graph: GraphSection = Field(default_factory=GraphSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    extract: ExtractSection = Field(default_factory=ExtractSection)
+    encode: EncodeSection = Field(default_factory=EncodeSection)
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML (logged by jobs and saved in run folders)."""

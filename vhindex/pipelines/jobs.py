@@ -1,0 +1,67 @@
+"""Config -> job -> engine -> report: the shared front of ``vhindex extract|encode`` and ``jobs/*.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any, TextIO
+
+from vhindex.pipelines.encode import EncodeJob
+from vhindex.pipelines.extract import ExtractJob, ExtractorParams
+from vhindex.pipelines.runner import Engine, JobReport, run_local, run_sharded_job
+
+__all__ = ["encode_job_from_config", "extract_job_from_config", "run_from_config", "select_engine"]
+
+
+def select_engine(pipeline: Any) -> tuple[Engine, str]:
+    """The engine of a :class:`vhindex.config.PipelineSection`: ``ray`` (actor pool), ``local`` or ``auto``.
+
+    Raises:
+        ImportError: ``engine: ray`` without Ray installed (the message names the extra to install).
+    """
+    name = pipeline.engine
+    if name == "auto":
+        name = "ray" if importlib.util.find_spec("ray") is not None else "local"
+    if name == "local":
+        return run_local, "local"
+    if importlib.util.find_spec("ray") is None:
+        raise ImportError("pipeline.engine=ray needs Ray: pip install -c constraints.txt 'vhindex[ray]' "
+                          "(or set pipeline.engine=local)")
+    from cluster.pipelines import ray_engine
+
+    return ray_engine(pipeline), "ray"
+
+
+def extract_job_from_config(cfg: Any) -> ExtractJob:
+    """An :class:`ExtractJob` from ``cfg.extract`` (listing and out are required)."""
+    e = cfg.extract
+    missing = [k for k in ("listing", "out") if getattr(e, k) is None]
+    if missing:
+        raise ValueError(f"extract.{missing[0]}: required (fsspec URL)" + (f"; also extract.{missing[1]}" if len(missing) > 1 else ""))
+    params = ExtractorParams(backbone=e.backbone, weights=e.weights, num_frames=e.num_frames, image_size=e.image_size,
+                             dtype=e.dtype, batch_frames=e.batch_frames, decode_workers=e.decode_workers,
+                             threads=e.threads, device=e.device, min_frames=e.min_frames)
+    return ExtractJob(e.listing, e.out, params, videos_per_shard=e.videos_per_shard,
+                      storage_options=e.storage_options, extensions=e.extensions)
+
+
+def encode_job_from_config(cfg: Any) -> EncodeJob:
+    """An :class:`EncodeJob` from ``cfg.encode`` (frames, model and out or out_root are required)."""
+    e = cfg.encode
+    for key in ("frames", "model"):
+        if getattr(e, key) is None:
+            raise ValueError(f"encode.{key}: required (fsspec URL)")
+    if e.out is None and e.out_root is None:
+        raise ValueError("encode.out_root: required (codes root; each model version gets its own folder), "
+                         "or set encode.out")
+    return EncodeJob(e.frames, e.model, e.out, out_root=e.out_root, storage_options=e.storage_options,
+                     batch_size=e.batch_size, rows_per_shard=e.rows_per_shard, threads=e.threads, device=e.device)
+
+
+def run_from_config(kind: str, cfg: Any, stream: TextIO | None = sys.stderr) -> JobReport:
+    """Build the ``kind`` (``extract`` / ``encode``) job from ``cfg`` and run it on the configured engine."""
+    section = getattr(cfg, kind)
+    job = extract_job_from_config(cfg) if kind == "extract" else encode_job_from_config(cfg)
+    engine, name = select_engine(section.pipeline)
+    return run_sharded_job(job, engine, engine_name=name, max_error_fraction=section.pipeline.max_error_fraction,
+                           progress_every_s=section.pipeline.progress_every_s, stream=stream)
