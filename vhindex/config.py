@@ -134,11 +134,19 @@ class EvalSection(_Section):
 
 
 class IndexSection(_Section):
-    """Binary index options."""
+    """Binary index options (``jobs/build_index.py``, ``vhindex build-index``, the demo)."""
 
-    type: Literal["flat"] = "flat"
+    type: Literal["flat", "hnsw", "ivf", "multihash", "gpu_flat"] = Field(
+        "flat", description="Per-shard faiss index: exact flat (default), HNSW / IVF / multi-hash (approximate), "
+                            "gpu_flat (exact, faiss-gpu + a GPU).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Index-type parameters (hnsw: M, ef_search; "
+                                                                     "ivf: nlist, nprobe; multihash: nhash, b).")
     threads: int | None = Field(None, gt=0, description="faiss OpenMP threads; None keeps faiss's default.")
     k: int = Field(10, gt=0, le=10_000, description="Neighbours returned per query.")
+    codes: str | None = Field(None, description="Codes dataset to index (fsspec URL).")
+    out: str | None = Field(None, description="Sharded index folder to write (fsspec URL).")
+    num_shards: int = Field(1, gt=0, description="Balanced shards (one Serve deployment each).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for codes and out.")
 
 
 class DemoSection(_Section):
@@ -157,6 +165,9 @@ class DemoSection(_Section):
         None, description="Code lengths (of demo.bits) the learned students train at; null = every demo.bits.")
     example_queries: int = Field(3, ge=0)
     show_top: int = Field(5, gt=0)
+    serve: bool = Field(True, description="End by serving the best index with Ray Serve (local Ray, 127.0.0.1) "
+                                          "and querying it over HTTP (skipped, with a note, without vhindex[ray]).")
+    serve_shards: int = Field(2, gt=0, description="Shards of the served demo index.")
 
     @field_validator("bits")
     @classmethod
@@ -273,6 +284,10 @@ class TrainSection(_Section):
     temporal: bool = Field(True, description="DKPH temporal layer (False: ablation).")
     use_tsim: bool = Field(True, description="DKPH L_tsim (False: ablation).")
     use_bsim: bool = Field(True, description="DKPH L_bsim (False: ablation).")
+    hash_input: Literal["flatten", "mean"] = Field(
+        "flatten", description='DKPH hash layer input: "flatten" (released: Linear(M*d -> K) on the flattened '
+                               'encoder states, weights tied to frame positions) or "mean" (Linear(d -> K) on '
+                               "their mean over frames).")
     gamma1: float = Field(0.11, ge=0.0, description="Weight of L_bsim.")
     gamma2: float = Field(0.9, ge=0.0, description="Weight of L_tsim.")
     teacher_bits: int | None = Field(None, description="Teacher per-frame code length; null = bits.")
@@ -405,6 +420,34 @@ class EncodeSection(_Section):
             raise ValueError("set either encode.out or encode.out_root, not both")
         return self
 
+class ServeSection(_Section):
+    """The Ray Serve query service (``cluster.serve``, ``vhindex serve``, ``configs/serve/*.yaml``)."""
+
+    index: str | None = Field(None, description="fsspec URL of a sharded index (jobs/build_index.py).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for index/model URLs.")
+    model: str | None = Field(None, description="Saved model URL; enables /search by frame features (encoder "
+                                                "deployment). Must be the model that made the indexed codes.")
+    mask_table: str | None = Field(None, description="Category-mask table (.npy) enabling `category` in queries.")
+    host: str = Field("127.0.0.1", description="HTTP bind address (127.0.0.1 unless you mean to expose it).")
+    port: int = Field(8000, ge=0, le=65535)
+    app_name: str = "vhindex"
+    route_prefix: str = "/"
+    replicas: int = Field(1, gt=0, description="Replicas per shard deployment.")
+    router_replicas: int = Field(1, gt=0)
+    shard_cpus: float = Field(0.5, gt=0.0, description="CPUs reserved per shard replica.")
+    router_cpus: float = Field(0.5, gt=0.0)
+    faiss_threads: int = Field(1, gt=0, description="faiss OpenMP threads per shard replica.")
+    max_k: int = Field(1000, gt=0, le=100_000, description="Largest k a request may ask.")
+    max_batch: int = Field(1000, gt=0, description="Most queries in one /search/batch request.")
+    max_body_bytes: int = Field(8_000_000, gt=0, description="Larger request bodies get 413.")
+    shard_timeout_s: float = Field(2.0, gt=0.0, description="Per-shard deadline of one fan-out.")
+    retries: int = Field(1, ge=0, description="Retries of a shard call that failed (dead replica, timeout).")
+    batch_max_size: int = Field(64, gt=0, description="@serve.batch: single queries merged into one fan-out.")
+    batch_wait_s: float = Field(0.001, ge=0.0, description="@serve.batch wait for more queries.")
+    auth_token_env: str | None = Field(
+        None, description="Name of an environment variable holding a bearer token; when set, every request "
+                          "must send `Authorization: Bearer <token>` (the token itself never goes in config).")
+
 
 class Config(_Section):
     """The root configuration; every YAML file in ``configs/`` validates against it."""
@@ -420,6 +463,7 @@ class Config(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     extract: ExtractSection = Field(default_factory=ExtractSection)
     encode: EncodeSection = Field(default_factory=EncodeSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML (logged by jobs and saved in run folders)."""

@@ -233,9 +233,83 @@ def run_demo(cfg: Config, out: TextIO | None = None) -> DemoResult:
                 mark = "relevant" if qlab & dlab else "-"
                 _say(out, f"    {vid:<18s} hamming {int(d):3d}  labels {sorted(dlab)}  {mark}")
 
+    if cfg.demo.serve and n_show:
+        _serve_and_query(cfg, root, so, best, index, q_ids, q_codes, out)
+
     seconds = time.perf_counter() - t_start
     _say(out, f"\nresults in {eval_dir} (results.json, results.md, plots); demo took {seconds:.1f}s")
     return DemoResult(table_markdown=table, results=results, best_method=best, seconds=seconds)
+
+
+def _serve_and_query(cfg: Config, root: str, so: dict | None, best: str, index: BinaryFlatIndex, q_ids: list[str],
+                     q_codes: np.ndarray, out: TextIO | None) -> None:
+    """Shard the best index, serve it with Ray Serve on a local Ray (127.0.0.1) and query it over HTTP.
+
+    The HTTP answers are checked against the in-process index (same distances); a mismatch raises.
+    """
+    import importlib.util
+    import json
+    import urllib.request
+
+    if importlib.util.find_spec("ray") is None:
+        _say(out, "\n(serving skipped: Ray Serve is not installed -- pip install -c constraints.txt 'vhindex[ray]')")
+        return
+    from cluster.serve import deploy
+    from cluster.train import connect_ray, free_ports
+    from vhindex.config import ServeSection
+    from vhindex.index.codes import code_to_hex
+    from vhindex.index.sharded import IndexSpec, build_sharded_index
+
+    t0 = time.perf_counter()
+    url = f"{root}/serve-index/{best}"
+    from vhindex.index.sharded import ShardedIndex
+
+    try:
+        ShardedIndex.open(url, so)
+    except FileNotFoundError:
+        build_sharded_index(f"{root}/codes/{best}/database", url, cfg.demo.serve_shards, spec=IndexSpec("flat", {}),
+                            so=so)
+    started = connect_ray()
+    from ray import serve
+
+    try:
+        port = free_ports(1)[0]
+        settings = ServeSection(index=url, storage_options=so or {}, port=port, shard_cpus=0.25, router_cpus=0.25,
+                                app_name="vhindex-demo")
+        deploy(settings)
+        base = f"http://127.0.0.1:{port}"
+
+        def post(path: str, body: dict) -> dict:
+            req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return json.loads(resp.read())
+
+        with urllib.request.urlopen(base + "/info", timeout=60) as resp:
+            info = json.loads(resp.read())
+        _say(out, f"\nServing {best} with Ray Serve at {base} ({info['num_shards']} shards, {sum(info['counts'])} "
+                  f"videos, index version {info['index_version']}; up in {time.perf_counter() - t0:.1f}s):")
+        rng = np.random.default_rng(cfg.run.seed + 1)
+        for qi in rng.choice(len(q_ids), size=min(cfg.demo.example_queries, len(q_ids)), replace=False):
+            t1 = time.perf_counter()
+            body = post("/search", {"code": code_to_hex(q_codes[qi]), "k": cfg.demo.show_top})
+            ms = 1000 * (time.perf_counter() - t1)
+            want, _ = index.search(q_codes[qi: qi + 1], cfg.demo.show_top)
+            got = [h["distance"] for h in body["results"]]
+            if got != want[0].tolist():
+                raise RuntimeError(f"HTTP answer {got} differs from the in-process index {want[0].tolist()}")
+            hits = ", ".join(f"{h['video_id']} ({h['distance']})" for h in body["results"])
+            _say(out, f"  POST /search {{code of {q_ids[qi]}, k: {cfg.demo.show_top}}} -> {hits}  [{ms:.1f} ms]")
+        by_id = post("/search", {"video_id": body["results"][0]["video_id"], "k": 3})
+        _say(out, f"  POST /search {{video_id: {body['results'][0]['video_id']}, k: 3}} -> "
+                  + ", ".join(f"{h['video_id']} ({h['distance']})" for h in by_id["results"]))
+        _say(out, "  answers equal the in-process index")
+    finally:
+        serve.shutdown()
+        if started:
+            import ray
+
+            ray.shutdown()
 
 
 def _say(out: TextIO | None, text: str) -> None:

@@ -1,0 +1,589 @@
+"""Ray Serve query service: a FastAPI router fans each query out to one deployment per index shard
+and merges their top-k into exactly the answer one brute-force index over all codes would give.
+
+Deployments (built by :func:`build_app` from a sharded index, :mod:`vhindex.index.sharded`):
+
+* ``Shard0`` … ``Shard{N-1}`` (:class:`IndexShardServer`), ``serve.replicas`` replicas each: load
+  their shard once (checksums verified), search it off the event loop (faiss in a worker thread),
+  answer ``reconstruct`` for search-by-video-id, report health (``check_health``).
+* ``Encoder`` (:class:`EncoderServer`, only with ``serve.model``): frame features -> packed codes.
+* ``Router`` (:class:`Router`, the FastAPI ingress): validation, auth, fan-out with ``asyncio``,
+  per-shard deadline, one retry on a dead replica, exact merge, ``@serve.batch`` so concurrent
+  single queries share one fan-out.
+
+Endpoints: ``POST /search`` (one query: ``code`` hex, ``video_id`` or ``features``), ``POST
+/search/batch`` (``queries``: a list of those), ``GET /healthz``, ``GET /info``. Bad requests get a
+4xx JSON ``{"error": ...}`` naming the field; a shard without a live replica makes the answer
+``"partial": true`` with ``"missing_shards"`` listing it (never a silently wrong top-k).
+
+Hot swap: every deployment takes ``user_config = {"index": URL}``. Changing it (``serve deploy`` of
+an edited config, or :func:`deploy` again) reconfigures replicas in place: each shard loads the new
+version beside the old one; the router keeps asking for the old version until **every** replica of
+every shard reports the new one, then switches. Queries never see a mix of versions.
+"""
+
+# No `from __future__ import annotations`: FastAPI (inside Serve's class-based ingress) must see real
+# annotation objects, or `request: Request` turns into a query parameter (422).
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EncoderServer", "IndexShardServer", "Router", "build_app", "deploy"]
+
+from ray import serve  # noqa: E402  (cluster.* may import Ray; vhindex.* never does)
+
+try:  # FastAPI ships with ray[serve]
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+except ImportError as err:  # pragma: no cover
+    raise ImportError("cluster.serve needs ray[serve] (pip install -c constraints.txt 'vhindex[ray]')") from err
+
+
+# ----------------------------------------------------------------------------------- request models
+
+
+class Query(BaseModel):
+    """One query: exactly one of ``code`` (hex, msb0), ``video_id`` (an indexed video) or ``features``
+    (M x D frame features, encoded by the service's model); ``category`` selects a mask (DVHCM)."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str | None = None
+    video_id: str | None = Field(None, min_length=1, max_length=1024)
+    features: list[list[float]] | None = None
+    category: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Query":
+        given = [k for k in ("code", "video_id", "features") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'code' (hex), 'video_id' or 'features'"
+                             + (f"; got {given}" if given else ""))
+        return self
+
+
+class SearchRequest(Query):
+    """``POST /search`` body."""
+
+    k: int = Field(10, description="neighbours to return")
+
+
+class BatchRequest(BaseModel):
+    """``POST /search/batch`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+    queries: list[Query] = Field(min_length=1)
+    k: int = 10
+
+
+class RequestError(Exception):
+    """A client error: HTTP ``status`` with a message naming what was wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------- shard side
+
+
+def _open_index(url: str, storage_options: dict[str, Any] | None) -> Any:
+    from vhindex.index.sharded import ShardedIndex
+
+    return ShardedIndex.open(url, storage_options)
+
+
+class VersionNotLoaded(LookupError):
+    """A shard replica was asked for an index version it does not hold (restarting, or mid-swap)."""
+
+
+class IndexShardServer:
+    """One shard of the index. Keeps at most two versions loaded (current + previous) for hot swaps.
+
+    The index URL comes only from ``user_config = {"index": URL}`` (applied by Serve right after
+    construction and on every change), never from constructor arguments: a change of constructor
+    arguments would make Serve restart the replicas instead of reconfiguring them in place.
+
+    Args:
+        shard_id: which shard of the sharded index to serve.
+        storage_options: fsspec options.
+        faiss_threads: faiss OpenMP threads (set once here: replicas must not fight over cores).
+        mask_table: optional category-mask table URL.
+    """
+
+    def __init__(self, shard_id: int, storage_options: dict[str, Any] | None = None, faiss_threads: int = 1,
+                 mask_table: str | None = None) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(faiss_threads)
+        self.shard_id = shard_id
+        self.storage_options = storage_options
+        self.mask_table = None
+        if mask_table:
+            from vhindex.index.mask import MaskTable
+
+            self.mask_table = MaskTable.load(mask_table, storage_options)
+        self.versions: dict[str, Any] = {}
+        self.current: str | None = None
+
+    def _load(self, url: str) -> None:
+        sharded = _open_index(url, self.storage_options)
+        info = sharded.info()
+        version = str(info["index_version"])
+        if version in self.versions:
+            self.current = version
+            return
+        if self.shard_id >= int(info["num_shards"]):
+            raise ValueError(f"{url} has {info['num_shards']} shards; cannot serve shard {self.shard_id} "
+                             "(a hot swap must keep the shard count -- redeploy instead)")
+        shard = sharded.load_shard(self.shard_id)
+        self.versions[version] = shard
+        previous = self.current
+        self.current = version
+        for v in list(self.versions):
+            if v not in (self.current, previous):
+                del self.versions[v]
+        logger.info("shard %d: loaded index version %s (%d codes) from %s", self.shard_id, version, len(shard), url)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this with ``user_config`` on start and on every change: load ``index`` if new."""
+        url = (user_config or {}).get("index")
+        if url:
+            self._load(url)
+
+    def loaded_versions(self) -> dict[str, Any]:
+        """``{"current": v, "versions": [...], "shard_id": i, "pid": pid}`` (control plane)."""
+        return {"current": self.current, "versions": sorted(self.versions), "shard_id": self.shard_id,
+                "pid": os.getpid()}
+
+    def _get(self, version: str | None) -> Any:
+        v = version or self.current
+        if v not in self.versions:
+            raise VersionNotLoaded(f"shard {self.shard_id} has no index version {v} loaded (has {sorted(self.versions)})")
+        return self.versions[v]
+
+    async def search(self, packed: np.ndarray, k: int, categories: np.ndarray | None = None,
+                     version: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """Top-``k`` of this shard for every query row: ``(distances, video ids, version)``."""
+        shard = self._get(version)
+        kwargs: dict[str, Any] = {}
+        if categories is not None:
+            if self.mask_table is None:
+                raise LookupError("this service has no category mask table (serve.mask_table)")
+            kwargs = {"categories": categories, "mask_table": self.mask_table}
+        # faiss releases the GIL: searching in a thread keeps the replica's event loop (health checks,
+        # other requests) responsive.
+        dist, ids = await asyncio.to_thread(shard.search, packed, k, **kwargs)
+        return dist, ids, version or self.current
+
+    async def reconstruct(self, video_ids: list[str], version: str | None = None) -> list[bytes | None]:
+        """Packed codes of the ``video_ids`` this shard holds (``None`` for the others)."""
+        shard = self._get(version)
+        out: list[bytes | None] = []
+        for vid in video_ids:
+            out.append(bytes(shard.reconstruct([vid])[0]) if shard.contains(vid) else None)
+        return out
+
+    def check_health(self) -> None:
+        """Serve's health probe: fail when no index is loaded (the replica is then replaced)."""
+        if self.current is None or self.current not in self.versions:
+            raise RuntimeError(f"shard {self.shard_id}: no index loaded")
+
+
+class EncoderServer:
+    """Encodes frame features with the model that produced the indexed codes."""
+
+    def __init__(self, model_url: str, storage_options: dict[str, Any] | None = None, threads: int = 1) -> None:
+        import torch
+
+        from vhindex.models import load_model
+
+        torch.set_num_threads(threads)
+        self.model = load_model(model_url, storage_options)
+        self.shape = (self.model.num_frames, self.model.feature_dim)
+
+    def info(self) -> dict[str, Any]:
+        """Model name, bits, version and the frame shape queries must have."""
+        return {"name": self.model.name, "bits": self.model.bits, "version": self.model.version(),
+                "num_frames": self.shape[0], "feature_dim": self.shape[1]}
+
+    async def encode(self, features: np.ndarray) -> np.ndarray:
+        """``(n, M, D)`` float32 -> packed codes ``(n, bits/8)``."""
+        return await asyncio.to_thread(self.model.encode_packed, features)
+
+
+# ---------------------------------------------------------------------------------------- the router
+
+app = FastAPI(title="vhindex", description="Hamming top-k over learned binary video codes")
+
+
+@app.exception_handler(RequestError)
+async def _request_error(request: Request, err: RequestError) -> JSONResponse:
+    return JSONResponse({"error": err.message}, status_code=err.status)
+
+
+@serve.ingress(app)
+class Router:
+    """FastAPI ingress: validates, resolves queries to codes, fans out to the shards, merges top-k.
+
+    Args:
+        shards: one deployment handle per shard, in shard order.
+        encoder: encoder handle (``None``: feature queries are refused with 400).
+        settings: ``ServeSection`` fields as a dict.
+        index_url: initial sharded index URL.
+    """
+
+    def __init__(self, shards: list[Any], encoder: Any, settings: dict[str, Any]) -> None:
+        self.shards = shards
+        self.encoder = encoder
+        self.s = settings
+        self.storage_options = settings.get("storage_options") or None
+        # Only the token's SHA-256 travels to the replicas (build_app reads the token where the app is built).
+        self.token_sha256: str | None = settings.get("_token_sha256")
+        self.version: str | None = None  # set by the first reconfigure (Serve applies user_config at start)
+        self.target: str | None = None
+        self._swap_task: asyncio.Task | None = None
+        self.encoder_info: dict[str, Any] | None = None
+        self._search_batched.set_max_batch_size(int(settings["batch_max_size"]))
+        self._search_batched.set_batch_wait_timeout_s(float(settings["batch_wait_s"]))
+
+    def _set_index(self, url: str) -> None:
+        info = _open_index(url, self.storage_options).info()
+        if int(info["num_shards"]) != len(self.shards):
+            raise ValueError(f"{url} has {info['num_shards']} shards but the service runs {len(self.shards)}; "
+                             "redeploy to change the shard count")
+        self.target, self.target_info, self.bits = str(info["index_version"]), info, int(info["bits"])
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """New ``index`` URL: remember the target version; switch once every shard replica has it."""
+        url = (user_config or {}).get("index")
+        if not url:
+            return
+        self._set_index(url)
+        if self.version is None:  # first configuration: nothing served yet, nothing to swap
+            self.version, self.info_cache = self.target, self.target_info
+            return
+        if self.target != self.version and (self._swap_task is None or self._swap_task.done()):
+            self._swap_task = asyncio.create_task(self._switch_when_loaded())
+
+    async def _switch_when_loaded(self, poll_s: float = 0.25, timeout_s: float = 600.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            target = self.target
+            try:
+                replies = await asyncio.gather(*[h.broadcast("loaded_versions").results_async(timeout_s=5.0)
+                                                 for h in self.shards])
+                if all(r and all(target in x["versions"] for x in r) for r in replies):
+                    self.version, self.info_cache = target, self.target_info
+                    logger.info("router: switched to index version %s", target)
+                    return
+            except Exception as err:  # noqa: BLE001 -- replicas restarting; poll again
+                logger.info("router: waiting for shards to load %s (%s)", target, err)
+            await asyncio.sleep(poll_s)
+        logger.error("router: shards did not load index version %s within %.0fs; still serving %s",
+                     self.target, timeout_s, self.version)
+
+    # -- request plumbing -----------------------------------------------------------------------
+    def _check_auth(self, request: Request) -> None:
+        if self.token_sha256 is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = hashlib.sha256(header[7:].strip().encode()).hexdigest() if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given, self.token_sha256):
+            raise RequestError(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+
+    async def _body(self, request: Request, model: type[BaseModel]) -> Any:
+        self._check_auth(request)
+        declared = request.headers.get("content-length")
+        limit = int(self.s["max_body_bytes"])
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        raw = await request.body()
+        if len(raw) > limit:
+            raise RequestError(413, f"request body of {len(raw)} bytes exceeds the limit of {limit} bytes")
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RequestError(400, f"malformed JSON body: {err}") from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
+            raise RequestError(422, f"invalid request: {problems}") from None
+
+    def _check_k(self, k: int) -> int:
+        if k <= 0 or k > int(self.s["max_k"]):
+            raise RequestError(400, f"k must be between 1 and {self.s['max_k']}, got {k}")
+        return k
+
+    async def _codes(self, queries: list[Query]) -> np.ndarray:
+        """Packed codes ``(n, bits/8)`` of the queries (hex parsed, ids looked up, features encoded)."""
+        from vhindex.index.codes import hex_to_code
+
+        width = self.bits // 8
+        out = np.zeros((len(queries), width), dtype=np.uint8)
+        by_id = [(i, q.video_id) for i, q in enumerate(queries) if q.video_id is not None]
+        by_feat = [(i, q.features) for i, q in enumerate(queries) if q.features is not None]
+        for i, q in enumerate(queries):
+            if q.code is not None:
+                try:
+                    out[i] = hex_to_code(q.code, self.bits)
+                except ValueError as err:
+                    raise RequestError(400, f"queries[{i}].code: {err}") from None
+            if q.category is not None and not self.s.get("mask_table"):
+                raise RequestError(400, f"queries[{i}].category: this service has no category mask table")
+        if by_id:
+            ids = [v for _, v in by_id]
+            replies = await asyncio.gather(*[self._call(s, "reconstruct", ids, version=self.version)
+                                             for s in range(len(self.shards))], return_exceptions=True)
+            found: dict[str, bytes] = {}
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    continue
+                for vid, code in zip(ids, reply, strict=True):
+                    if code is not None:
+                        found[vid] = code
+            for i, vid in by_id:
+                if vid not in found:
+                    missing = [s for s, r in enumerate(replies) if isinstance(r, BaseException)]
+                    extra = f" (shards {missing} did not answer)" if missing else ""
+                    raise RequestError(404, f"queries[{i}].video_id: {vid!r} is not in the index{extra}")
+                out[i] = np.frombuffer(found[vid], dtype=np.uint8)
+        if by_feat:
+            if self.encoder is None:
+                raise RequestError(400, "feature queries need the service to run with a model (serve.model)")
+            if self.encoder_info is None:
+                self.encoder_info = await self.encoder.info.remote()
+            m, d = self.encoder_info["num_frames"], self.encoder_info["feature_dim"]
+            arrays = []
+            for i, feats in by_feat:
+                arr = np.asarray(feats, dtype=np.float32)
+                if arr.shape != (m, d):
+                    raise RequestError(400, f"queries[{i}].features: expected {m} frames x {d} dims, got shape "
+                                            f"{list(arr.shape)}")
+                if not np.isfinite(arr).all():
+                    raise RequestError(400, f"queries[{i}].features: NaN or Inf values")
+                arrays.append(arr)
+            codes = await self.encoder.encode.remote(np.stack(arrays))
+            for (i, _), code in zip(by_feat, codes, strict=True):
+                out[i] = code
+        return out
+
+    async def _call(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """One shard call with the per-shard deadline and retries (a retry lands on another replica)."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        attempts = int(self.s["retries"]) + 1
+        last: BaseException | None = None
+        for attempt in range(attempts):
+            try:
+                handle = getattr(self.shards[shard], method)
+                return await asyncio.wait_for(handle.remote(*args, **kwargs), timeout=float(self.s["shard_timeout_s"]))
+            except Exception as err:
+                retriable = isinstance(err, (ActorDiedError, ActorUnavailableError, RayActorError, asyncio.TimeoutError))
+                if not retriable and not isinstance(getattr(err, "cause", None), VersionNotLoaded):
+                    raise
+                last = err
+                logger.warning("shard %d %s attempt %d/%d failed: %s", shard, method, attempt + 1, attempts,
+                               type(err).__name__)
+        assert last is not None
+        raise last
+
+    async def _fanout(self, packed: np.ndarray, k: int, categories: np.ndarray | None) -> dict[str, Any]:
+        from vhindex.index.sharded import merge_topk
+
+        version = self.version  # one version for the whole fan-out, reported with the answer
+        replies = await asyncio.gather(*[self._call(s, "search", packed, k, categories, version=version)
+                                         for s in range(len(self.shards))], return_exceptions=True)
+        parts, missing = [], []
+        for s, reply in enumerate(replies):
+            if isinstance(reply, BaseException):
+                # shard-side exceptions arrive wrapped in a RayTaskError whose .cause is the original
+                cause = getattr(reply, "cause", reply)
+                if isinstance(cause, LookupError) and not isinstance(cause, VersionNotLoaded):
+                    raise RequestError(400, str(cause))
+                missing.append(s)
+                logger.error("shard %d unavailable: %s", s, reply)
+                continue
+            dist, ids, answered = reply
+            if answered != version:  # cannot happen: shards search exactly the version asked
+                raise RuntimeError(f"shard {s} answered index version {answered}, asked {version}")
+            parts.append((dist, ids))
+        if not parts:
+            raise RequestError(503, f"no shard answered (shards {missing} unavailable); retry later")
+        dist, ids = merge_topk(parts, k, self.bits)
+        return {"dist": dist, "ids": ids, "missing": missing, "version": version}
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
+    async def _search_batched(self, items: list[tuple[bytes, int, int | None]]) -> list[Any]:
+        """``@serve.batch``: concurrent single queries share one fan-out (k = the largest asked)."""
+        packed = np.stack([np.frombuffer(code, dtype=np.uint8) for code, _, _ in items])
+        k = max(k for _, k, _ in items)
+        cats = [c for _, _, c in items]
+        categories = None if all(c is None for c in cats) else np.array([-1 if c is None else c for c in cats])
+        if categories is not None and (categories < 0).any():
+            # mixing masked and unmasked queries in one fan-out is not supported: run them separately
+            out = []
+            for item in items:
+                out.append(await self._fanout_one(*item))
+            return out
+        try:
+            res = await self._fanout(packed, k, categories)
+        except RequestError as err:
+            return [err] * len(items)
+        return [(res["dist"][i, :kk], res["ids"][i, :kk], res["missing"], res["version"])
+                for i, (_, kk, _) in enumerate(items)]
+
+    async def _fanout_one(self, code: bytes, k: int, category: int | None) -> Any:
+        try:
+            res = await self._fanout(np.frombuffer(code, dtype=np.uint8)[None, :], k,
+                                     None if category is None else np.array([category]))
+        except RequestError as err:
+            return err
+        return res["dist"][0], res["ids"][0], res["missing"], res["version"]
+
+    def _hits(self, dist: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
+        return [{"video_id": v, "distance": int(d)} for d, v in zip(dist, ids, strict=True) if v is not None]
+
+    # -- endpoints --------------------------------------------------------------------------------
+    @app.post("/search")
+    async def search(self, request: Request) -> JSONResponse:
+        """Top-k of one query: ``{"code"|"video_id"|"features", "k", "category"?}``."""
+        t0 = time.perf_counter()
+        req = await self._body(request, SearchRequest)
+        k = self._check_k(req.k)
+        packed = await self._codes([req])
+        out = await self._search_batched((packed[0].tobytes(), k, req.category))
+        if isinstance(out, RequestError):
+            raise out
+        dist, ids, missing, version = out
+        return JSONResponse({"results": self._hits(dist, ids), "k": k, "partial": bool(missing),
+                             "missing_shards": missing, "index_version": version,
+                             "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
+
+    @app.post("/search/batch")
+    async def search_batch(self, request: Request) -> JSONResponse:
+        """Top-k of many queries in one fan-out: ``{"queries": [...], "k"}``."""
+        t0 = time.perf_counter()
+        req = await self._body(request, BatchRequest)
+        k = self._check_k(req.k)
+        if len(req.queries) > int(self.s["max_batch"]):
+            raise RequestError(400, f"at most {self.s['max_batch']} queries per batch, got {len(req.queries)}")
+        packed = await self._codes(req.queries)
+        cats = [q.category for q in req.queries]
+        if all(c is None for c in cats):
+            res = await self._fanout(packed, k, None)
+        elif all(c is not None for c in cats):
+            res = await self._fanout(packed, k, np.array(cats))
+        else:
+            raise RequestError(400, "queries of one batch must all have a category or none")
+        results = [self._hits(res["dist"][i], res["ids"][i]) for i in range(len(req.queries))]
+        return JSONResponse({"results": results, "k": k, "partial": bool(res["missing"]),
+                             "missing_shards": res["missing"], "index_version": res["version"],
+                             "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
+
+    @app.get("/healthz")
+    async def healthz(self, request: Request) -> JSONResponse:
+        """Liveness plus, per shard, whether a replica answers (``status`` ok | degraded)."""
+        self._check_auth(request)
+        probe = np.zeros((1, self.bits // 8), dtype=np.uint8)
+        replies = await asyncio.gather(*[self._call(s, "search", probe, 1, None, version=self.version)
+                                         for s in range(len(self.shards))], return_exceptions=True)
+        down = [s for s, r in enumerate(replies) if isinstance(r, BaseException)]
+        return JSONResponse({"status": "ok" if not down else "degraded", "shards": len(self.shards),
+                             "missing_shards": down, "index_version": self.version},
+                            status_code=200 if not down else 503)
+
+    @app.get("/info")
+    async def info(self, request: Request) -> JSONResponse:
+        """Index version, code length, counts per shard, index type, model version."""
+        self._check_auth(request)
+        info = dict(self.info_cache)
+        info.update(serving_version=self.version, pending_version=self.target if self.target != self.version else None,
+                    max_k=self.s["max_k"], max_batch=self.s["max_batch"], feature_queries=self.encoder is not None)
+        return JSONResponse(json.loads(json.dumps(info, default=str)))
+
+
+# ------------------------------------------------------------------------------------- application
+
+#: bump when the deployment classes change behaviour (part of every deployment's code version)
+_CODE_VERSION = "serve-1"
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Serve application builder (``import_path: cluster.serve:build_app`` in a Serve config).
+
+    Args:
+        args: ``ServeSection`` fields (``index`` required); unknown keys are errors.
+
+    Returns:
+        The bound application (router + one deployment per shard [+ encoder]).
+    """
+    from vhindex.config import ServeSection
+
+    settings = ServeSection.model_validate(args)
+    if not settings.index:
+        raise ValueError("serve.index: required (URL of a sharded index; jobs/build_index.py writes one)")
+    info = _open_index(settings.index, settings.storage_options or None).info()
+    user_config = {"index": settings.index}
+    so = settings.storage_options or None
+    # A stable code version per deployment (a hash of what its replicas are built from). Ray 2.60 gives
+    # every deployment of a `serve.run` a random version unless `Deployment._version` is set (the public
+    # `version=` argument was removed), and a new version restarts every replica. With a stable one, a
+    # redeploy that changes only user_config (the index URL) reconfigures the replicas in place.
+    # tests/test_serve.py::test_hot_swap_serves_one_version_at_a_time fails if this stops working.
+    def versioned(dep: Any, *parts: Any) -> Any:
+        text = json.dumps([_CODE_VERSION, dep.name, *parts], sort_keys=True, default=str)
+        dep._version = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return dep
+
+    shards = [
+        versioned(serve.deployment(IndexShardServer, name=f"Shard{i}", num_replicas=settings.replicas,
+                                   ray_actor_options={"num_cpus": settings.shard_cpus}, user_config=user_config,
+                                   health_check_period_s=5, health_check_timeout_s=10, max_ongoing_requests=64),
+                  i, so, settings.faiss_threads, settings.mask_table, settings.replicas, settings.shard_cpus)
+        .bind(i, so, settings.faiss_threads, settings.mask_table)
+        for i in range(int(info["num_shards"]))
+    ]
+    encoder = None
+    if settings.model:
+        from vhindex.models import load_model
+
+        model = load_model(settings.model, so)
+        if model.bits != int(info["bits"]) or (info.get("model_version") and model.version() != info["model_version"]):
+            raise ValueError(f"serve.model {settings.model} ({model.name}-{model.bits}, version {model.version()}) did "
+                             f"not make the indexed codes ({info['bits']} bits, model version {info.get('model_version')})")
+        encoder = serve.deployment(EncoderServer, name="Encoder", ray_actor_options={"num_cpus": 0.5}).bind(
+            settings.model, so)
+    router_settings = settings.model_dump(mode="json", exclude={"index"})  # the index travels in user_config
+    if settings.auth_token_env:
+        token = os.environ.get(settings.auth_token_env, "")
+        if not token:
+            raise ValueError(f"serve.auth_token_env={settings.auth_token_env!r}: that environment variable is empty or "
+                             "unset where the application is built")
+        router_settings["_token_sha256"] = hashlib.sha256(token.encode()).hexdigest()
+    router_dep = versioned(serve.deployment(Router, name="Router", num_replicas=settings.router_replicas,
+                                            ray_actor_options={"num_cpus": settings.router_cpus},
+                                            user_config=user_config, max_ongoing_requests=256),
+                           len(shards), settings.model, router_settings)
+    return router_dep.bind(shards, encoder, router_settings)
+
+
+def deploy(settings: Any, *, blocking: bool = False) -> Any:
+    """Start Serve's HTTP proxy on ``settings.host:port`` and run (or update in place) the application.
+
+    Redeploying with another ``index`` but the same shard count hot-swaps without downtime.
+    """
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    return serve.run(build_app(settings.model_dump(mode="json")), name=settings.app_name,
+                     route_prefix=settings.route_prefix, blocking=blocking)
