@@ -2,10 +2,11 @@
 
 Protocol: the paper's mAP@K (AP@K divided by K, as the published BTH / DKPH code computes it) at
 K = 5, 20, 40, 60, 80, 100, for 16 / 32 / 64-bit codes, plus DKPH ablations at 64 bits (no
-temporal layer, no L_tsim, no L_bsim). The dataset (``demo`` preset: 5,000 train / 500 query /
-5,000 database videos, M=25 frames x D=256 dims) is synthesized once with seed 0; each seed
-re-seeds every model (initialisation, masking, pair sampling, shuffling; LSH's projections, ITQ's
-rotation).
+temporal layer, no L_tsim, no L_bsim, hash layer on the mean-pooled instead of the flattened encoder
+states); ``--hash-input`` sets the hash input of every other DKPH run. The dataset (``demo`` preset:
+5,000 train / 500 query / 5,000 database videos, M=25 frames x D=256 dims) is synthesized once with
+seed 0; each seed re-seeds every model (initialisation, masking, pair sampling, shuffling; LSH's
+projections, ITQ's rotation).
 
 Within a seed the teacher (reconstruction-only BTH net at ``--teacher-bits``), its embeddings and
 the anchor graph are trained once, under ``<work>/seed<S>/``, and shared by every student (BTH and
@@ -56,12 +57,18 @@ from vhindex.train.recipes import (
 
 KS = [5, 20, 40, 60, 80, 100]
 SPLITS = ("train", "query", "database")
-ABLATIONS: dict[str, dict[str, bool]] = {
+ABLATIONS: dict[str, dict[str, Any]] = {
     "dkph (full)": {},
     "dkph w/o temporal layer": {"temporal": False},
     "dkph w/o L_tsim": {"use_tsim": False},
     "dkph w/o L_bsim": {"use_bsim": False},
+    "dkph hash on mean-pooled states": {"hash_input": "mean"},
 }
+
+
+def _tag(flags: dict[str, Any]) -> str:
+    """Run-folder suffix of a set of train flags, e.g. ``temporal0`` or ``hash_inputmean``."""
+    return "-".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in flags.items())
 
 
 def base_config(args: argparse.Namespace, seed: int, out_dir: str, data_url: str, **train: Any) -> Config:
@@ -88,7 +95,7 @@ def base_config(args: argparse.Namespace, seed: int, out_dir: str, data_url: str
             "num_frames": args.frames, "feature_dim": args.dim, "hidden": args.hidden, "ffn": 4 * args.hidden,
             "teacher_epochs": args.teacher_epochs, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "anchors": args.anchors, "graph_executor": "sequential", "device": "cpu",
-            "eval_every": 0, **train,
+            "eval_every": 0, "hash_input": args.hash_input, **train,
         },
     }, source="bench_quality")
 
@@ -143,15 +150,18 @@ def run_seed(args: argparse.Namespace, seed: int, data_url: str, log, *, main: b
             record(f"{method}-{bits}", t0, _eval(model, ds))
         for kind, trainer in (("bth", train_bth), ("dkph", train_student)):
             t0 = time.perf_counter()
-            vcfg = base_config(args, seed, f"{seed_dir}/runs/{kind}-{bits}", data_url, bits=bits)
+            suffix = f"-hash_input{args.hash_input}" if kind == "dkph" and args.hash_input != "flatten" else ""
+            vcfg = base_config(args, seed, f"{seed_dir}/runs/{kind}-{bits}{suffix}", data_url, bits=bits)
             model, _ = trainer(vcfg, ds, graph_url=graph, progress=False)
             record(f"{kind}-{bits}", t0, _eval(model, ds))
     if ablations:
-        for label, flags in ABLATIONS.items():
-            if not flags:
+        for label, extra in ABLATIONS.items():
+            if not extra:  # "dkph (full)" is the main table's dkph-64
                 continue
             t0 = time.perf_counter()
-            tag = "-".join(f"{k}{int(v)}" for k, v in flags.items())
+            flags = {"hash_input": args.hash_input, **extra}
+            # same folder as the main run when the flags match it (hash_input=mean with --hash-input mean)
+            tag = _tag({k: v for k, v in flags.items() if not (k == "hash_input" and v == "flatten")})
             vcfg = base_config(args, seed, f"{seed_dir}/runs/dkph-64-{tag}", data_url, bits=64, **flags)
             model, _ = train_student(vcfg, ds, graph_url=graph, progress=False)
             record(label, t0, _eval(model, ds))
@@ -236,8 +246,8 @@ def report(args: argparse.Namespace, per_seed: dict[int, dict[str, dict[int, flo
     settings = (f"Data: synthetic `{args.preset}` preset (seed 0), M={args.frames}, D={args.dim}; "
                 f"models: d={args.hidden}, teacher {args.teacher_epochs} epochs at {args.teacher_bits} bits, "
                 f"students {args.epochs} epochs (released schedule: 49), batch {args.batch_size}, "
-                f"lr {args.lr}, {args.anchors} anchors; seeds {sorted(per_seed)}; paper-protocol mAP@K, "
-                "mean ± sample std over seeds.")
+                f"lr {args.lr}, {args.anchors} anchors, DKPH hash input `{args.hash_input}`; seeds {sorted(per_seed)}; "
+                "paper-protocol mAP@K, mean ± sample std over seeds.")
     ablation_rows = {
         s: {label: m.get("dkph-64") if label == "dkph (full)" else m.get(label) for label in ABLATIONS
             if (m.get("dkph-64") if label == "dkph (full)" else m.get(label)) is not None}
@@ -269,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3, help="short schedules: 1e-3 (released: 3e-4)")
     p.add_argument("--anchors", type=int, default=500)
+    p.add_argument("--hash-input", choices=["flatten", "mean"], default="flatten",
+                   help="DKPH hash layer input of the main table and the other ablations (released: flatten)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--throughput-only", action="store_true")
     p.add_argument("--tp-videos", type=int, default=512)

@@ -103,6 +103,10 @@ def _open_index(url: str, storage_options: dict[str, Any] | None) -> Any:
     return ShardedIndex.open(url, storage_options)
 
 
+#: query rows x shard codes below which a shard searches on its event loop instead of a thread
+INLINE_SEARCH_CODES = 4_000_000
+
+
 class VersionNotLoaded(LookupError):
     """A shard replica was asked for an index version it does not hold (restarting, or mid-swap)."""
 
@@ -181,9 +185,13 @@ class IndexShardServer:
             if self.mask_table is None:
                 raise LookupError("this service has no category mask table (serve.mask_table)")
             kwargs = {"categories": categories, "mask_table": self.mask_table}
-        # faiss releases the GIL: searching in a thread keeps the replica's event loop (health checks,
-        # other requests) responsive.
-        dist, ids = await asyncio.to_thread(shard.search, packed, k, **kwargs)
+        # Small searches (a few queries: well under a millisecond) run inline -- a thread hop costs more
+        # than they do on a busy box. Large batches go to a thread (faiss releases the GIL), keeping the
+        # replica's event loop (health checks, other requests) responsive.
+        if packed.shape[0] * len(shard) <= INLINE_SEARCH_CODES:
+            dist, ids = shard.search(packed, k, **kwargs)
+        else:
+            dist, ids = await asyncio.to_thread(shard.search, packed, k, **kwargs)
         return dist, ids, version or self.current
 
     async def reconstruct(self, video_ids: list[str], version: str | None = None) -> list[bytes | None]:
@@ -254,6 +262,7 @@ class Router:
         self.target: str | None = None
         self._swap_task: asyncio.Task | None = None
         self.encoder_info: dict[str, Any] | None = None
+        self.counters = {"fanouts": 0, "queries": 0}  # mean batch = queries / fanouts (in /info)
         self._search_batched.set_max_batch_size(int(settings["batch_max_size"]))
         self._search_batched.set_batch_wait_timeout_s(float(settings["batch_wait_s"]))
 
@@ -403,6 +412,8 @@ class Router:
         from vhindex.index.sharded import merge_topk
 
         version = self.version  # one version for the whole fan-out, reported with the answer
+        self.counters["fanouts"] += 1
+        self.counters["queries"] += int(packed.shape[0])
         replies = await asyncio.gather(*[self._call(s, "search", packed, k, categories, version=version)
                                          for s in range(len(self.shards))], return_exceptions=True)
         parts, missing = [], []
@@ -510,7 +521,8 @@ class Router:
         self._check_auth(request)
         info = dict(self.info_cache)
         info.update(serving_version=self.version, pending_version=self.target if self.target != self.version else None,
-                    max_k=self.s["max_k"], max_batch=self.s["max_batch"], feature_queries=self.encoder is not None)
+                    max_k=self.s["max_k"], max_batch=self.s["max_batch"], feature_queries=self.encoder is not None,
+                    router_counters=dict(self.counters))
         return JSONResponse(json.loads(json.dumps(info, default=str)))
 
 
@@ -547,10 +559,13 @@ def build_app(args: dict[str, Any]) -> Any:
         dep._version = hashlib.sha256(text.encode()).hexdigest()[:16]
         return dep
 
+    # One access-log line per request and per shard call is measurable on small machines: off by default.
+    logging_config = {"enable_access_log": settings.access_log}
     shards = [
         versioned(serve.deployment(IndexShardServer, name=f"Shard{i}", num_replicas=settings.replicas,
                                    ray_actor_options={"num_cpus": settings.shard_cpus}, user_config=user_config,
-                                   health_check_period_s=5, health_check_timeout_s=10, max_ongoing_requests=64),
+                                   health_check_period_s=5, health_check_timeout_s=10, max_ongoing_requests=64,
+                                   logging_config=logging_config),
                   i, so, settings.faiss_threads, settings.mask_table, settings.replicas, settings.shard_cpus)
         .bind(i, so, settings.faiss_threads, settings.mask_table)
         for i in range(int(info["num_shards"]))
@@ -574,7 +589,8 @@ def build_app(args: dict[str, Any]) -> Any:
         router_settings["_token_sha256"] = hashlib.sha256(token.encode()).hexdigest()
     router_dep = versioned(serve.deployment(Router, name="Router", num_replicas=settings.router_replicas,
                                             ray_actor_options={"num_cpus": settings.router_cpus},
-                                            user_config=user_config, max_ongoing_requests=256),
+                                            user_config=user_config, max_ongoing_requests=256,
+                                            logging_config=logging_config),
                            len(shards), settings.model, router_settings)
     return router_dep.bind(shards, encoder, router_settings)
 

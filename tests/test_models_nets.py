@@ -73,6 +73,40 @@ def test_temporal_false_gives_zero_temporal_and_no_layer():
     assert torch.allclose(out["recon"], out["recon"][:, :1].expand_as(out["recon"]))
 
 
+def _permuted_codes(net, frames: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    net.eval()
+    with torch.no_grad():
+        return net.encode(frames), net.encode(frames[:, perm])
+
+
+def test_hash_input_mean_is_frame_order_invariant_flatten_is_not():
+    m, d_in, bits = 6, 10, 32
+    frames = _frames(16, m, d_in, seed=3)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    torch.manual_seed(0)
+    mean = build_dkph(bits, m, d_in, hash_input="mean", **TINY)
+    torch.manual_seed(0)
+    flat = build_dkph(bits, m, d_in, **TINY)
+    assert mean.hash.in_features == 8 and flat.hash.in_features == m * 8
+    # the hash stage alone: mean pooling ignores the order of the hidden states, flattening does not
+    hidden = torch.randn(16, m, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(mean._code(hidden)[0], mean._code(hidden[:, perm])[0], atol=1e-5)
+        assert not torch.equal(flat._code(hidden)[1], flat._code(hidden[:, perm])[1])
+        out = mean(frames)
+        assert torch.allclose(out["logits"], mean.hash(out["hidden"].mean(dim=1)))
+    # end to end (eval mode, no masking) with the positional embeddings removed, so that the encoder is
+    # permutation-equivariant: the mean-pooled code is unchanged, the flattened one changes
+    for net in (mean, flat):
+        net.encoder.positions.zero_()
+    a, b = _permuted_codes(mean, frames, perm)
+    assert torch.equal(a, b)
+    a, b = _permuted_codes(flat, frames, perm)
+    assert not torch.equal(a, b)
+    with pytest.raises(ValueError, match="hash_input"):
+        build_dkph(8, m, d_in, hash_input="max", **TINY)
+
+
 def test_builders_validate():
     with pytest.raises(ValueError, match="multiple of 8"):
         build_dkph(12, 4, 6, **TINY)
@@ -238,7 +272,8 @@ def _np_frames(b: int, m: int = 4, d: int = 6, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((b, m, d)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("cls", "kw"), [(BTH, {}), (DKPH, {}), (DKPH, {"temporal": False, "use_bsim": False})])
+@pytest.mark.parametrize(("cls", "kw"), [(BTH, {}), (DKPH, {}), (DKPH, {"temporal": False, "use_bsim": False}),
+                                         (DKPH, {"hash_input": "mean"})])
 def test_save_load_round_trip(tmp_path, cls, kw):
     torch.manual_seed(1)
     model = _model(cls, **kw)
@@ -248,6 +283,9 @@ def test_save_load_round_trip(tmp_path, cls, kw):
     model.save(str(tmp_path / "m"))
     loaded = load_model(str(tmp_path / "m"))
     assert type(loaded) is cls and loaded.get_config() == model.get_config()
+    if cls is DKPH:  # the hash input survives the round trip; the released "flatten" is left out of the config
+        assert loaded.hash_input == loaded.net.hash_input == kw.get("hash_input", "flatten")
+        assert ("hash_input" in model.get_config()) == ("hash_input" in kw)
     assert loaded.version() == model.version()
     np.testing.assert_array_equal(loaded.encode(frames), codes)
     np.testing.assert_array_equal(loaded.encode_packed(frames), model.encode_packed(frames))

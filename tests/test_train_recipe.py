@@ -155,3 +155,21 @@ def test_student_evaluates_every_epoch_when_asked(finished, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1] and all("eval_map@5" in x for x in lines)
     assert lines[-1]["eval_map@5"] == pytest.approx(res.map_at_k[5])
+
+
+def test_student_hash_input_mean_is_threaded_to_the_model(finished, tmp_path):
+    cfg, out, _ = finished
+    mean_cfg = _cfg(tmp_path, *_data_overrides(out), "train.epochs=1", "train.hash_input=mean")
+    model, result = recipes.train_student(mean_cfg, graph_url=str(out / "graph"), progress=False)
+    assert result is not None and model.hash_input == "mean" and model.net.hash.in_features == 32
+    loaded = load_model(str(tmp_path / "model"))
+    assert loaded.get_config()["hash_input"] == "mean" and loaded.version() == model.version()
+    marker = json.loads((tmp_path / "student" / "_stage.json").read_text())
+    assert marker["inputs"]["hash_input"] == "mean"
+    # the released default stays out of the stage inputs and the model config (old markers / versions still match)
+    assert "hash_input" not in load_model(str(out / "model")).get_config()
+    assert "hash_input" not in json.loads((out / "student" / "_stage.json").read_text())["inputs"]
+    # a checkpoint of the mean variant is not resumed as the flattened one
+    with pytest.raises(ValueError, match="different settings.*hash_input"):
+        recipes.train_student(_cfg(tmp_path, *_data_overrides(out), "train.epochs=2"), graph_url=str(out / "graph"),
+                              progress=False)

@@ -444,6 +444,7 @@ class ServeSection(_Section):
     retries: int = Field(1, ge=0, description="Retries of a shard call that failed (dead replica, timeout).")
     batch_max_size: int = Field(64, gt=0, description="@serve.batch: single queries merged into one fan-out.")
     batch_wait_s: float = Field(0.001, ge=0.0, description="@serve.batch wait for more queries.")
+    access_log: bool = Field(False, description="Serve access-log lines for every request and shard call.")
     auth_token_env: str | None = Field(
         None, description="Name of an environment variable holding a bearer token; when set, every request "
                           "must send `Authorization: Bearer <token>` (the token itself never goes in config).")

@@ -268,7 +268,7 @@ def _serve_and_query(cfg: Config, root: str, so: dict | None, best: str, index: 
         ShardedIndex.open(url, so)
     except FileNotFoundError:
         build_sharded_index(f"{root}/codes/{best}/database", url, cfg.demo.serve_shards, spec=IndexSpec("flat", {}),
-                            so=so)
+                            so=so, allow_fewer_shards=True)  # tiny presets have fewer row groups than shards
     started = connect_ray()
     from ray import serve
 

@@ -17,7 +17,8 @@ Test-time codes (released rules):
 * BTH: per-frame binary codes -> mean over frames -> sign. The released ``eval.py`` uses
   ``torch.sign``, which gives 0 where exactly half the frames vote each way (possible for even M);
   here such ties become -1 (the ``x > 0`` rule of :func:`~vhindex.models.base.signs` and of packing).
-* DKPH: the hash layer's video code directly (already in {-1, +1}).
+* DKPH: the hash layer's video code directly (already in {-1, +1}); the hash layer reads the
+  flattened encoder states (released) or, with ``hash_input="mean"``, their mean over frames.
 """
 
 from __future__ import annotations
@@ -207,6 +208,8 @@ class DKPH(_TorchHashModel):
         temporal: build the temporal layer (``False``: the "no temporal layer" ablation).
         use_tsim: train with L_tsim (ablation switch read by the trainer via :meth:`loss_kwargs`).
         use_bsim: train with L_bsim (ablation switch read by the trainer via :meth:`loss_kwargs`).
+        hash_input: ``"flatten"`` (released: hash layer on the flattened encoder states) or ``"mean"``
+            (hash layer ``Linear(d -> K)`` on their mean over frames).
         device: where ``.net`` lives and encoding runs (``None``/``"auto"``: CUDA when available).
     """
 
@@ -214,14 +217,21 @@ class DKPH(_TorchHashModel):
 
     def __init__(self, bits: int, num_frames: int = 25, feature_dim: int = 4096, hidden: int = 256,
                  layers: int = 1, heads: int = 1, ffn: int = 1024, dropout: float = 0.1, temporal: bool = True,
-                 use_tsim: bool = True, use_bsim: bool = True, device: str | torch.device | None = None) -> None:
+                 use_tsim: bool = True, use_bsim: bool = True, hash_input: str = "flatten",
+                 device: str | torch.device | None = None) -> None:
         super().__init__(bits, num_frames, feature_dim, hidden, layers, heads, ffn, dropout, device)
         self.temporal, self.use_tsim, self.use_bsim = bool(temporal), bool(use_tsim), bool(use_bsim)
+        self.hash_input = hash_input
         self._finish_init(build_dkph(self.bits, num_frames, feature_dim, hidden=hidden, layers=layers, heads=heads,
-                                     ffn=ffn, dropout=dropout, temporal=self.temporal))
+                                     ffn=ffn, dropout=dropout, temporal=self.temporal, hash_input=hash_input))
 
-    def get_config(self) -> dict[str, Any]:  # noqa: D102
-        return {**self._arch, "temporal": self.temporal, "use_tsim": self.use_tsim, "use_bsim": self.use_bsim}
+    def get_config(self) -> dict[str, Any]:
+        """Constructor parameters; ``hash_input`` is listed only when it is not the released ``"flatten"``,
+        so models saved before the option existed keep their config and :meth:`version`."""
+        config = {**self._arch, "temporal": self.temporal, "use_tsim": self.use_tsim, "use_bsim": self.use_bsim}
+        if self.hash_input != "flatten":
+            config["hash_input"] = self.hash_input
+        return config
 
     def loss_kwargs(self) -> dict[str, bool]:
         """The ablation switches as keyword arguments of :func:`~vhindex.models.losses.dkph_loss`."""

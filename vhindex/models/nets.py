@@ -20,7 +20,10 @@ minor: ``nn.LayerNorm(eps=1e-6)`` (biased variance inside the square root) inste
   decoder ``Linear(K -> D)``; video code at test time = ``sign(mean over frames)``.
 * :class:`DKPHNet` -- hash layer ``Linear(M*d -> K)`` on the flattened hidden states (one code per
   video), temporal layer ``Linear(d -> K)`` per frame, decoder ``Linear(K -> D)`` applied to
-  ``code`` broadcast over frames ``+ temporal``.
+  ``code`` broadcast over frames ``+ temporal``. Option ``hash_input="mean"`` (not in the released
+  code): the hash layer is ``Linear(d -> K)`` on the mean over frames of the hidden states, so its
+  pooling -- like BTH's mean of per-frame codes -- does not tie hash weights to frame positions
+  (the encoder's positional embeddings still make the hidden states position-aware, in both nets).
 
 :func:`mask_frames` is the BERT-style frame masking of the released data loaders.
 """
@@ -43,6 +46,7 @@ __all__ = [
     "ZEROED",
     "BTHNet",
     "DKPHNet",
+    "HASH_INPUTS",
     "FrameEncoder",
     "STESign",
     "TransformerBlock",
@@ -231,27 +235,42 @@ class BTHNet(nn.Module):
         return binarize(self.binary(self.encoder(frames))).mean(dim=1)
 
 
+#: Inputs of the DKPH hash layer: ``"flatten"`` (released) or ``"mean"`` (see :class:`DKPHNet`).
+HASH_INPUTS = ("flatten", "mean")
+
+
 class DKPHNet(nn.Module):
     """DKPH dual stream: hash layer ``Linear(M*d -> K)`` + temporal layer ``Linear(d -> K)`` + decoder.
 
     ``forward`` returns a dict:
 
     * ``hidden`` ``(B, M, d)`` -- encoder output E;
-    * ``logits`` ``(B, K)`` -- hash layer on the flattened E; ``code`` ``(B, K)`` = :func:`binarize`;
+    * ``logits`` ``(B, K)`` -- hash layer on the flattened (or mean-pooled) E; ``code`` ``(B, K)`` =
+      :func:`binarize`;
     * ``temporal`` ``(B, M, K)`` -- temporal layer per frame (zeros when built with ``temporal=False``);
     * ``recon`` ``(B, M, D)`` -- decoder(``code`` broadcast over frames ``+ temporal``).
+
+    ``hash_input="mean"`` (not released) makes the hash layer ``Linear(d -> K)`` on the mean of E over
+    frames instead: a permutation of the hidden states then leaves the code unchanged, whereas the
+    released ``"flatten"`` ties each block of hash weights to one frame position.
     """
 
-    def __init__(self, encoder: FrameEncoder, bits: int, temporal: bool = True) -> None:
+    def __init__(self, encoder: FrameEncoder, bits: int, temporal: bool = True,
+                 hash_input: str = "flatten") -> None:
         super().__init__()
+        if hash_input not in HASH_INPUTS:
+            raise ValueError(f"hash_input must be one of {HASH_INPUTS}, got {hash_input!r}")
         self.bits = bits
+        self.hash_input = hash_input
         self.encoder = encoder
-        self.hash = nn.Linear(encoder.num_frames * encoder.hidden, bits)
+        in_features = encoder.hidden if hash_input == "mean" else encoder.num_frames * encoder.hidden
+        self.hash = nn.Linear(in_features, bits)
         self.temporal = nn.Linear(encoder.hidden, bits) if temporal else None
         self.decoder = nn.Linear(bits, encoder.feature_dim)
 
     def _code(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.hash(hidden.reshape(hidden.shape[0], -1))
+        pooled = hidden.mean(dim=1) if self.hash_input == "mean" else hidden.reshape(hidden.shape[0], -1)
+        logits = self.hash(pooled)
         return logits, binarize(logits)
 
     def forward(self, frames: Tensor) -> dict[str, Tensor]:  # noqa: D102
@@ -312,12 +331,13 @@ def build_bth(bits: int, num_frames: int, feature_dim: int, *, hidden: int = 256
 
 
 def build_dkph(bits: int, num_frames: int, feature_dim: int, *, hidden: int = 256, layers: int = 1,
-               heads: int = 1, ffn: int = 1024, dropout: float = 0.1, temporal: bool = True) -> DKPHNet:
+               heads: int = 1, ffn: int = 1024, dropout: float = 0.1, temporal: bool = True,
+               hash_input: str = "flatten") -> DKPHNet:
     """A :class:`DKPHNet`; ``temporal=False`` is the "no temporal layer" ablation.
 
     Args:
         bits: K, a positive multiple of 8.
-        num_frames: M (the hash layer has ``M * hidden`` inputs).
+        num_frames: M (with ``hash_input="flatten"`` the hash layer has ``M * hidden`` inputs).
         feature_dim: D.
         hidden: d.
         layers: transformer blocks.
@@ -325,12 +345,17 @@ def build_dkph(bits: int, num_frames: int, feature_dim: int, *, hidden: int = 25
         ffn: FFN inner size.
         dropout: dropout rate.
         temporal: build the temporal layer (otherwise the decoder sees the code alone).
+        hash_input: ``"flatten"`` (released: hash layer ``Linear(M*d -> K)`` on the flattened hidden
+            states) or ``"mean"`` (``Linear(d -> K)`` on their mean over frames).
 
     Raises:
-        ValueError: as :func:`build_bth`.
+        ValueError: as :func:`build_bth`, or an unknown ``hash_input``.
     """
     bits = _check_bits(bits)
-    return DKPHNet(_encoder(num_frames, feature_dim, hidden, layers, heads, ffn, dropout), bits, bool(temporal))
+    if hash_input not in HASH_INPUTS:
+        raise ValueError(f"hash_input must be one of {HASH_INPUTS}, got {hash_input!r}")
+    return DKPHNet(_encoder(num_frames, feature_dim, hidden, layers, heads, ffn, dropout), bits, bool(temporal),
+                   hash_input)
 
 
 # ---------------------------------------------------------------------- masking

@@ -93,7 +93,11 @@ class EncodeShardProcessor:
             row = 0
             for batch in self.frames.iter_batches(self.batch_size, columns=("video_id", "features"), tasks=[task]):
                 feats = batch.features
-                finite = np.isfinite(feats.reshape(len(batch), -1)).all(axis=1)
+                # One summing pass instead of a full boolean mask: NaN/Inf anywhere makes a row's sum
+                # non-finite; only such rows (or rows whose sum overflowed) get the exact per-value check.
+                finite = np.isfinite(feats.sum(axis=(1, 2), dtype=np.float64))
+                for i in np.flatnonzero(~finite):
+                    finite[i] = bool(np.isfinite(feats[i]).all())
                 if not finite.all():
                     for i in np.flatnonzero(~finite):
                         errors.append(ItemError(batch.video_ids[i], f"{self.frames.url} task {task.task_id} row {row + i}",

@@ -465,7 +465,11 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
     prefix = _root(cfg) if kind == "dkph" else f"{_root(cfg)}/bth"
     stage, model_url = f"{prefix}/student", f"{prefix}/model"
     anchors_np, graph, nearest, graph_fp = _load_graph_for(cfg, graph_url, train)
-    flags = {"temporal": t.temporal, "use_tsim": t.use_tsim, "use_bsim": t.use_bsim} if kind == "dkph" else {}
+    flags: dict[str, Any] = {}
+    if kind == "dkph":
+        flags = {"temporal": t.temporal, "use_tsim": t.use_tsim, "use_bsim": t.use_bsim}
+        if t.hash_input != "flatten":  # absent when released, so existing stage markers still match
+            flags["hash_input"] = t.hash_input
     weights = {"gamma1": t.gamma1, "gamma2": t.gamma2} if kind == "dkph" else {}
     inputs = {"stage": kind, **_arch(cfg, t.bits), **flags, **weights, "epochs": t.epochs, "seed": cfg.run.seed,
               "graph": graph_fp, "mask_prob": t.mask_prob, "batch_size": t.batch_size,

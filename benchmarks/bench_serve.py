@@ -1,0 +1,197 @@
+"""Benchmark: the Ray Serve query service over HTTP vs in-process faiss, side by side in one run.
+
+Builds (once, cached in ``--work``) 700,000 seeded clustered 64-bit codes as a codes dataset and a
+4-shard flat index, serves it on a local Ray (router + 4 shard deployments, 127.0.0.1), then measures:
+
+* single-query latency: ``--single`` sequential ``POST /search`` (k = 10) on one keep-alive connection;
+* sustained throughput at concurrency ``--concurrency`` (16): an asyncio client (aiohttp) keeps that
+  many requests in flight for ``--seconds``; qps and the latency percentiles under load;
+* ``POST /search/batch`` with 1,000 queries per request: queries/s;
+* in-process faiss ``IndexBinaryFlat`` over all 700,000 codes (1 and 2 threads) on the same queries.
+
+Every HTTP answer's distances are checked against in-process faiss. Usage::
+
+    python benchmarks/bench_serve.py --work bench-work/serve
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _codes(n: int, bits: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 256, size=(2_000, bits // 8), dtype=np.uint8)
+    codes = centres[rng.integers(0, len(centres), size=n)]
+    return codes ^ np.packbits(rng.random((n, bits)) < 0.15, axis=1)
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+async def _load(base: str, payloads: list[bytes], concurrency: int, seconds: float) -> tuple[int, list[float], int]:
+    import aiohttp
+
+    done, lat, errors = 0, [], 0
+    stop = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker(w: int) -> None:
+            nonlocal done, errors
+            i = w
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                async with session.post(base + "/search", data=payloads[i % len(payloads)],
+                                        headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                lat.append(1000 * (time.perf_counter() - t0))
+                done += 1
+                i += concurrency
+
+        await asyncio.gather(*[worker(w) for w in range(concurrency)])
+    return done, lat, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--work", default="bench-work/serve")
+    p.add_argument("--n", type=int, default=700_000)
+    p.add_argument("--bits", type=int, default=64)
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--single", type=int, default=1_000)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--batch", type=int, default=1_000)
+    p.add_argument("--batch-requests", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # faiss on a loaded 2-core box: spin-waiting hurts
+
+    import faiss
+    import requests
+
+    from cluster.serve import deploy
+    from cluster.train import connect_ray, free_ports
+    from vhindex.config import ServeSection
+    from vhindex.data.schema import CodesDatasetMeta
+    from vhindex.data.writer import CodesDatasetWriter
+    from vhindex.index.codes import code_to_hex
+    from vhindex.index.sharded import IndexSpec, ShardedIndex, build_sharded_index
+
+    work = Path(args.work).resolve()
+    codes = _codes(args.n, args.bits, args.seed)
+    ids = [f"v{i:07d}" for i in range(args.n)]
+    index_url = str(work / f"index-{args.n}-{args.bits}-{args.shards}")
+    if not (Path(index_url) / "_manifest.json").exists():
+        codes_url = str(work / f"codes-{args.n}-{args.bits}")
+        if not (Path(codes_url) / "_manifest.json").exists():
+            with CodesDatasetWriter(codes_url, CodesDatasetMeta(bits=args.bits, model="bench"),
+                                    rows_per_file=200_000, row_group_size=10_000) as w:
+                w.write(ids, codes)
+        t0 = time.perf_counter()
+        build_sharded_index(codes_url, index_url, args.shards, spec=IndexSpec("flat", {}))
+        print(f"built {args.shards}-shard index in {time.perf_counter() - t0:.1f}s")
+    assert ShardedIndex.open(index_url).info()["total_count"] == args.n
+
+    rng = np.random.default_rng(args.seed + 1)
+    queries = codes[rng.integers(0, args.n, size=max(args.single, args.batch))] ^ np.packbits(
+        rng.random((max(args.single, args.batch), args.bits)) < 0.05, axis=1)
+
+    # in-process reference: one IndexBinaryFlat over everything
+    flat = faiss.IndexBinaryFlat(args.bits)
+    flat.add(codes)
+    inproc = {}
+    for threads in (1, 2):
+        faiss.omp_set_num_threads(threads)
+        flat.search(queries[:10], args.k)
+        t0 = time.perf_counter()
+        D_ref, _ = flat.search(queries[: args.batch], args.k)
+        inproc[threads] = args.batch / (time.perf_counter() - t0)
+    faiss.omp_set_num_threads(1)
+    single_inproc = []
+    for q in queries[:200]:
+        t0 = time.perf_counter()
+        flat.search(q[None], args.k)
+        single_inproc.append(1000 * (time.perf_counter() - t0))
+
+    started = connect_ray()
+    port = free_ports(1)[0]
+    settings = ServeSection(index=index_url, port=port, shard_cpus=0.25, router_cpus=0.25, faiss_threads=1,
+                            app_name="bench")
+    t0 = time.perf_counter()
+    deploy(settings)
+    base = f"http://127.0.0.1:{port}"
+    session = requests.Session()
+    while session.get(base + "/healthz", timeout=30).status_code != 200:
+        time.sleep(0.2)
+    up_s = time.perf_counter() - t0
+    try:
+        payloads = [json.dumps({"code": code_to_hex(q), "k": args.k}).encode() for q in queries[: args.single]]
+        for pl in payloads[:50]:  # warm-up
+            session.post(base + "/search", data=pl, headers={"Content-Type": "application/json"})
+        lat, wrong = [], 0
+        for i, pl in enumerate(payloads):
+            t0 = time.perf_counter()
+            r = session.post(base + "/search", data=pl, headers={"Content-Type": "application/json"})
+            lat.append(1000 * (time.perf_counter() - t0))
+            got = [h["distance"] for h in r.json()["results"]]
+            wrong += got != D_ref[i].tolist() if i < args.batch else 0
+        done, lat_load, errors = asyncio.run(_load(base, payloads, args.concurrency, args.seconds))
+        batch_qps = []
+        body = json.dumps({"queries": [{"code": code_to_hex(q)} for q in queries[: args.batch]], "k": args.k})
+        for _ in range(args.batch_requests):
+            t0 = time.perf_counter()
+            r = session.post(base + "/search/batch", data=body, headers={"Content-Type": "application/json"})
+            batch_qps.append(args.batch / (time.perf_counter() - t0))
+            res = r.json()["results"]
+            wrong += sum([h["distance"] for h in hits] != D_ref[i].tolist() for i, hits in enumerate(res))
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        if started:
+            import ray
+
+            ray.shutdown()
+
+    best_batch = max(batch_qps)
+    print("```")
+    print(f"bench_serve  {dt.datetime.now().isoformat(timespec='seconds')}")
+    print(f"machine: {platform.machine()} cpus={os.cpu_count()} python {platform.python_version()} "
+          f"faiss {faiss.__version__} load={os.getloadavg()}")
+    print(f"{args.n:,} x {args.bits}-bit codes, {args.shards} shards (flat), 1 replica each, k={args.k}; "
+          f"service up in {up_s:.1f}s; client on the same 2-core machine")
+    print(f"single-query HTTP latency ({args.single} sequential): p50 {_pct(lat, 50):.2f} ms  p99 {_pct(lat, 99):.2f} ms  "
+          f"(in-process faiss single query p50 {statistics.median(single_inproc):.2f} ms)")
+    print(f"concurrency {args.concurrency}, {args.seconds:.0f}s: {done / args.seconds:,.0f} queries/s, "
+          f"p50 {_pct(lat_load, 50):.2f} ms  p99 {_pct(lat_load, 99):.2f} ms, {errors} errors")
+    print(f"/search/batch ({args.batch} queries/request): {best_batch:,.0f} queries/s best of {args.batch_requests} "
+          f"(median {statistics.median(batch_qps):,.0f})")
+    print(f"in-process faiss IndexBinaryFlat, same {args.batch} queries: 1 thread {inproc[1]:,.0f} q/s, "
+          f"2 threads {inproc[2]:,.0f} q/s")
+    print(f"batch ratio service / in-process: {best_batch / inproc[1]:.2f} (vs 1 thread), "
+          f"{best_batch / max(inproc.values()):.2f} (vs best)")
+    print(f"answers checked against in-process faiss: {wrong} wrong")
+    print("```")
+    return 0 if wrong == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
