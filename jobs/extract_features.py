@@ -5,34 +5,20 @@ Runs under ``ray job submit --working-dir . -- python jobs/extract_features.py -
 with ``extract.pipeline.engine=local``). Sharded and resumable: re-running the same command skips
 finished shards; see :mod:`vhindex.pipelines`.
 
-Exit codes: 0 complete and per-video errors within ``extract.pipeline.max_error_fraction``;
-1 failed shards (re-run to retry them) or too many per-video errors; 2 configuration error
-(missing or conflicting URLs, an output folder holding another job's output).
+Exit codes: see :func:`vhindex.pipelines.jobs.job_main`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
-
-log = logging.getLogger("jobs.extract")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; returns the process exit code."""
-    from vhindex.config import load_job_config
-    from vhindex.pipelines.jobs import run_from_config
+    from vhindex.pipelines.jobs import job_main
 
-    cfg = load_job_config(argv, default_config="configs/extract/example.yaml", description=(__doc__ or "").splitlines()[0],
-                          job="extract")
-    try:
-        report = run_from_config("extract", cfg, stream=sys.stdout)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    print("REPORT " + json.dumps(report.to_dict(), sort_keys=True), flush=True)
-    return report.exit_code
+    return job_main("extract", argv, description=(__doc__ or "").splitlines()[0],
+                    default_config="configs/extract/example.yaml")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,17 @@ def memory_url():
     path = url[len("memory://"):]
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray on 127.0.0.1 (2 CPUs) for one test module, shut down afterwards (if it started it)."""
+    pytest.importorskip("ray")
+    import ray
+
+    from cluster.train import connect_ray
+
+    started = connect_ray(num_cpus=2)
+    yield
+    if started:
+        ray.shutdown()

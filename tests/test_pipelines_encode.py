@@ -182,18 +182,6 @@ def test_model_and_dataset_shapes_must_agree(corpus, tmp_path):
 # ------------------------------------------------------------------------------------- Ray engine
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from cluster.train import connect_ray
-
-    started = connect_ray(num_cpus=2)
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.mark.integration
 def test_ray_actor_pool_writes_the_same_codes_as_in_process(corpus, tmp_path, local_ray):
     from cluster.pipelines import ray_engine

@@ -162,18 +162,6 @@ def test_local_extraction_matches_the_extractor_and_counts_corrupted_videos(clip
     assert all(e["source"].endswith((".m4v", ".mp4")) and e["message"] for e in err_lines)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from cluster.train import connect_ray
-
-    started = connect_ray(num_cpus=2)
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_killing_an_actor_mid_job_loses_and_duplicates_nothing(clips, oracle, tmp_path, local_ray):

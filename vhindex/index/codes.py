@@ -17,6 +17,7 @@ order; the order matters only when codes cross a boundary (files, hex strings, o
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -112,3 +113,27 @@ def hamming_distances(query: np.ndarray, database: np.ndarray) -> np.ndarray:
     if q.shape[1] != d.shape[1]:
         raise ValueError(f"query codes have {q.shape[1] * 8} bits, database codes {d.shape[1] * 8}")
     return popcount8(q[:, None, :] ^ d[None, :, :]).sum(axis=2, dtype=np.int32)
+
+
+def check_packed(codes: np.ndarray, bits: int, what: str) -> np.ndarray:
+    """``codes`` as C-contiguous packed ``uint8`` ``(N, bits/8)``; {-1,+1} ``(N, bits)`` is packed first.
+
+    Raises:
+        ValueError: naming ``what``, the expected shapes and what was given.
+    """
+    packed = as_packed(codes)
+    if packed.ndim != 2 or packed.shape[1] * 8 != bits:
+        raise ValueError(
+            f"{what} must be packed uint8 (N, {bits // 8}) or {{-1,+1}} (N, {bits}) for a "
+            f"{bits}-bit index, got {np.asarray(codes).dtype} {np.asarray(codes).shape}"
+        )
+    return np.ascontiguousarray(packed)
+
+
+def ids_and_codes(video_ids: Sequence[str] | str, codes: np.ndarray, bits: int) -> tuple[list[str], np.ndarray]:
+    """Validate an ``add`` call: ids as a list (a single str allowed) and packed codes, one per id."""
+    ids = [video_ids] if isinstance(video_ids, str) else list(video_ids)
+    packed = check_packed(codes, bits, "codes")
+    if len(ids) != packed.shape[0]:
+        raise ValueError(f"got {len(ids)} video ids but {packed.shape[0]} codes; they must match one to one")
+    return ids, packed

@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from vhindex.fs import join, read_json, read_verified_files, url_to_fs, write_files_then_manifest
-from vhindex.index.codes import BIT_ORDER, as_packed
+from vhindex.index.codes import BIT_ORDER, check_packed, ids_and_codes
 from vhindex.index.idmap import IdMap
 
 logger = logging.getLogger(__name__)
@@ -105,13 +105,7 @@ class BinaryFlatIndex:
         return f"BinaryFlatIndex(bits={self.bits}, ntotal={self.ntotal})"
 
     def _packed(self, codes: np.ndarray, what: str) -> np.ndarray:
-        packed = as_packed(codes)
-        if packed.ndim != 2 or packed.shape[1] * 8 != self.bits:
-            raise ValueError(
-                f"{what} must be packed uint8 (N, {self.bits // 8}) or {{-1,+1}} (N, {self.bits}) for a "
-                f"{self.bits}-bit index, got {np.asarray(codes).dtype} {np.asarray(codes).shape}"
-            )
-        return np.ascontiguousarray(packed)
+        return check_packed(codes, self.bits, what)
 
     def add(self, video_ids: Sequence[str], codes: np.ndarray) -> None:
         """Index ``codes`` (packed ``uint8`` ``(N, bits/8)`` or {-1,+1} ``(N, bits)``) under ``video_ids``.
@@ -119,10 +113,7 @@ class BinaryFlatIndex:
         Raises:
             ValueError: shapes disagree, or an id is a duplicate (nothing is added then).
         """
-        video_ids = [video_ids] if isinstance(video_ids, str) else list(video_ids)
-        packed = self._packed(codes, "codes")
-        if len(video_ids) != packed.shape[0]:
-            raise ValueError(f"got {len(video_ids)} video ids but {packed.shape[0]} codes; they must match one to one")
+        video_ids, packed = ids_and_codes(video_ids, codes, self.bits)
         positions = self.idmap.add(video_ids)  # validates ids before faiss sees anything
         if positions.size:
             assert positions[0] == self.index.ntotal, "id map and faiss index out of step"

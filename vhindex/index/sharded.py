@@ -81,7 +81,7 @@ from vhindex.fs import (
     write_files_then_manifest,
     write_json_atomic,
 )
-from vhindex.index.codes import BIT_ORDER, as_packed
+from vhindex.index.codes import BIT_ORDER, check_packed, ids_and_codes
 from vhindex.index.flat import faiss_threads, pad_distance
 from vhindex.index.idmap import IdMap
 from vhindex.index.mask import MaskedIndexCache, MaskTable, masked_search
@@ -437,13 +437,7 @@ class ShardIndex:
     # ---------------------------------------------------------------- add / search
 
     def _packed(self, codes: np.ndarray, what: str) -> np.ndarray:
-        packed = as_packed(codes)
-        if packed.ndim != 2 or packed.shape[1] * 8 != self.bits:
-            raise ValueError(
-                f"{what} must be packed uint8 (N, {self.bits // 8}) or {{-1,+1}} (N, {self.bits}) for a "
-                f"{self.bits}-bit index, got {np.asarray(codes).dtype} {np.asarray(codes).shape}"
-            )
-        return np.ascontiguousarray(packed)
+        return check_packed(codes, self.bits, what)
 
     def add(self, video_ids: Sequence[str], codes: np.ndarray) -> None:
         """Index ``codes`` (packed ``uint8`` ``(N, bits/8)`` or {-1,+1} ``(N, bits)``) under ``video_ids``.
@@ -451,10 +445,7 @@ class ShardIndex:
         Raises:
             ValueError: shapes disagree, or an id is a duplicate (nothing is added then).
         """
-        video_ids = [video_ids] if isinstance(video_ids, str) else list(video_ids)
-        packed = self._packed(codes, "codes")
-        if len(video_ids) != packed.shape[0]:
-            raise ValueError(f"got {len(video_ids)} video ids but {packed.shape[0]} codes; they must match one to one")
+        video_ids, packed = ids_and_codes(video_ids, codes, self.bits)
         if not video_ids:
             return
         with self._lock:

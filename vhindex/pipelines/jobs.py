@@ -10,7 +10,7 @@ from vhindex.pipelines.encode import EncodeJob
 from vhindex.pipelines.extract import ExtractJob, ExtractorParams
 from vhindex.pipelines.runner import Engine, JobReport, run_local, run_sharded_job
 
-__all__ = ["encode_job_from_config", "extract_job_from_config", "run_from_config", "select_engine"]
+__all__ = ["encode_job_from_config", "extract_job_from_config", "job_main", "run_from_config", "select_engine"]
 
 
 def select_engine(pipeline: Any) -> tuple[Engine, str]:
@@ -65,3 +65,23 @@ def run_from_config(kind: str, cfg: Any, stream: TextIO | None = sys.stderr) -> 
     engine, name = select_engine(section.pipeline)
     return run_sharded_job(job, engine, engine_name=name, max_error_fraction=section.pipeline.max_error_fraction,
                            progress_every_s=section.pipeline.progress_every_s, stream=stream)
+
+
+def job_main(kind: str, argv: list[str] | None, *, description: str, default_config: str) -> int:
+    """The whole of ``jobs/extract_features.py`` / ``jobs/encode.py``: config -> run -> ``REPORT`` line -> exit code.
+
+    Exit codes: 0 complete and within the error threshold; 1 failed shards or too many per-video
+    errors; 2 configuration error (missing or conflicting URLs, a folder holding another job's output).
+    """
+    import json
+
+    from vhindex.config import load_job_config
+
+    cfg = load_job_config(argv, default_config=default_config, description=description, job=kind)
+    try:
+        report = run_from_config(kind, cfg, stream=sys.stdout)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    print("REPORT " + json.dumps(report.to_dict(), sort_keys=True), flush=True)
+    return report.exit_code
