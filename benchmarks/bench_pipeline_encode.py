@@ -13,7 +13,7 @@ for each model times, in this order and in one process:
 Reports videos/s, the ratio pipeline / in-process (goal >= 0.8) and the projected time to re-encode
 700,000 videos. Usage::
 
-    python benchmarks/bench_pipeline_encode.py --videos 16000 --work /tmp/bpe
+    python benchmarks/bench_pipeline_encode.py --videos 16000 --work bench-work/pipeline-encode
 """
 
 from __future__ import annotations
