@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cluster.pipelines import ray_engine
-    from cluster.train import connect_ray
+    from cluster.runtime import connect_ray
     from vhindex.config import PipelineSection
     from vhindex.pipelines import run_sharded_job
     from vhindex.pipelines.extract import ExtractJob, ExtractorParams, VideoInput

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cluster.pipelines import ray_engine
-    from cluster.train import connect_ray
+    from cluster.runtime import connect_ray
     from vhindex.config import PipelineSection
     from vhindex.data import FrameDataset
     from vhindex.models import DKPH, build_model

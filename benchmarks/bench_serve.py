@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
     import requests
 
+    from cluster.runtime import connect_ray, free_ports
     from cluster.serve import deploy
-    from cluster.train import connect_ray, free_ports
     from vhindex.config import ServeSection
     from vhindex.data.schema import CodesDatasetMeta
     from vhindex.data.writer import CodesDatasetWriter

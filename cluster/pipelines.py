@@ -92,7 +92,7 @@ def ray_engine(cfg: Any) -> Engine:
     Args:
         cfg: a :class:`vhindex.config.PipelineSection` (address, actors, CPUs / GPUs per actor).
 
-    Ray is joined as :func:`cluster.train.connect_ray` does (the job's cluster under ``ray job
+    Ray is joined as :func:`cluster.runtime.connect_ray` does (the job's cluster under ``ray job
     submit``, else a local Ray on 127.0.0.1) unless ``cfg.address`` names one; a local Ray started
     here is shut down at the end.
     """
@@ -101,7 +101,7 @@ def ray_engine(cfg: Any) -> Engine:
                on_outcome: Callable[[ShardOutcome], None]) -> None:
         import ray
 
-        from cluster.train import connect_ray
+        from cluster.runtime import connect_ray
 
         started = False
         if not ray.is_initialized() and cfg.address:

@@ -45,6 +45,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cluster.runtime import connect_ray, free_ports  # noqa: F401  (re-exported: older imports use cluster.train)
+
 __all__ = [
     "RAY_STAGES",
     "RayStageResult",
@@ -202,66 +204,6 @@ def resolve_backend(cfg: Any) -> str:
     return "ray" if attached or os.environ.get("RAY_ADDRESS") or cfg.train.num_workers > 1 else "local"
 
 
-def connect_ray(num_cpus: int | None = None) -> bool:
-    """Connect to Ray: reuse a connection, else ``$RAY_ADDRESS`` (``ray job submit``), else a local Ray.
-
-    The local Ray (``address="local"``) binds 127.0.0.1 only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
-    unless set otherwise), on free ports, with a dashboard on 127.0.0.1 (Ray Train's state-API
-    checks need it) and ``RAY_ADDRESS`` in its workers' environment.
-
-    Args:
-        num_cpus: CPUs of a local Ray (None: Ray's default, all cores).
-
-    Returns:
-        True when this call started a local Ray (the caller should ``ray.shutdown()`` it).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto", log_to_driver=True)
-        logger.info("connected to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
-        return False
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    gcs_port, dashboard_port = free_ports(2)
-    address = f"127.0.0.1:{gcs_port}"
-    saved = os.environ.get("RAY_GCS_SERVER_PORT")
-    os.environ["RAY_GCS_SERVER_PORT"] = str(gcs_port)  # read by a local ray.init; lets us name the address
-    try:
-        # Ray-internal actors (Ray Train's PlacementGroupCleaner queries the state API) resolve "the"
-        # cluster from RAY_ADDRESS, else by auto-detection -- ambiguous or wrong when other Ray clusters
-        # run on the machine. The dashboard (127.0.0.1, free port) serves that state API.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=dashboard_port, runtime_env={"env_vars": {"RAY_ADDRESS": address}})
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
-        else:
-            os.environ["RAY_GCS_SERVER_PORT"] = saved
-    logger.info("started a local Ray at %s (%s CPUs)", ray.get_runtime_context().gcs_address,
-                ray.cluster_resources().get("CPU"))
-    return True
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now (all sockets held open while picking)."""
-    import socket
-
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 # ------------------------------------------------------------------------------ the worker side
 
 
@@ -349,7 +291,7 @@ def train_with_ray(
     if stage not in RAY_STAGES:
         raise ValueError(f"unknown training stage {stage!r}; choose from {sorted(RAY_STAGES)}")
     if not ray.is_initialized():
-        raise RuntimeError("Ray is not initialized; call cluster.train.connect_ray() first")
+        raise RuntimeError("Ray is not initialized; call cluster.runtime.connect_ray() first")
     cfg = absolutize_paths(cfg)
     t = cfg.train
     storage_path, storage_fs = ray_storage(cfg)

@@ -93,7 +93,7 @@ def local_ray():
     pytest.importorskip("ray")
     import ray
 
-    from cluster.train import connect_ray
+    from cluster.runtime import connect_ray
 
     started = connect_ray(num_cpus=2)
     yield

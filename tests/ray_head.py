@@ -51,7 +51,7 @@ RAY_TEST_ENV = {
 }
 
 
-from cluster.train import free_ports  # noqa: E402  (re-exported for the tests)
+from cluster.runtime import free_ports  # noqa: E402  (re-exported for the tests)
 
 
 def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -83,7 +83,7 @@ def ray_serve(tmp_path_factory):
     import ray
     from ray import serve
 
-    from cluster.train import connect_ray, free_ports
+    from cluster.runtime import connect_ray, free_ports
 
     started = connect_ray(num_cpus=4)
     port = free_ports(1)[0]

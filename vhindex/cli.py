@@ -179,8 +179,8 @@ def serve_settings(path: str, overrides: Sequence[str] = (), **flags: Any) -> An
 def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
+    from cluster.runtime import connect_ray
     from cluster.serve import deploy
-    from cluster.train import connect_ray
 
     settings = serve_settings(args.serve_config, args.overrides, index=args.index, port=args.port, host=args.host)
     started = connect_ray()

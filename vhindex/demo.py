@@ -254,8 +254,8 @@ def _serve_and_query(cfg: Config, root: str, so: dict | None, best: str, index: 
     if importlib.util.find_spec("ray") is None:
         _say(out, "\n(serving skipped: Ray Serve is not installed -- pip install -c constraints.txt 'vhindex[ray]')")
         return
+    from cluster.runtime import connect_ray, free_ports
     from cluster.serve import deploy
-    from cluster.train import connect_ray, free_ports
     from vhindex.config import ServeSection
     from vhindex.index.codes import code_to_hex
     from vhindex.index.sharded import IndexSpec, build_sharded_index
