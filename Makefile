@@ -10,7 +10,7 @@ PIPC   := $(PIP) install --disable-pip-version-check -c constraints.txt
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help demo test test-fast lint bench install install-dev clean
+.PHONY: help demo test test-fast lint bench bench-sources bench-quality install install-dev clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,8 +44,18 @@ install-dev: $(VENV)/.dev-installed  ## create .venv and install everything (ray
 demo: $(VENV)/.demo-installed  ## run the demo pipeline on an embedded synthetic dataset (local Ray + Serve)
 	$(VENV)/bin/vhindex demo --config configs/demo.yaml
 
-test: $(VENV)/.dev-installed  ## run the whole test suite
+test: $(VENV)/.dev-installed bench-work/sources/fetched.json  ## run the whole test suite
 	RAY_AUTH_MODE=disabled $(PY) -m pytest
+
+# The Debian packages the real-data benchmarks (and the real-video tests) read: `apt-get download`
+# + `dpkg -x` under bench-work/sources/root -- no root rights, nothing installed system-wide.
+bench-work/sources/fetched.json: | $(VENV)/.core-installed
+	$(VENV)/bin/vhindex bench sources --dest bench-work/sources
+
+bench-sources: bench-work/sources/fetched.json  ## fetch the Debian packages the real-data benchmarks read
+
+bench-quality: $(VENV)/.dev-installed bench-work/sources/fetched.json  ## real-data benchmarks, full build (README tables)
+	$(VENV)/bin/vhindex bench quality --config configs/bench/quality.yaml
 
 lint: $(VENV)/.dev-installed  ## ruff
 	$(VENV)/bin/ruff check vhindex cluster jobs tests benchmarks

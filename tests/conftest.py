@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from typing import Any, NamedTuple
 
 import pytest
+
+# The Debian packages the real-data benchmarks read (`make bench-sources` unpacks them here): the
+# benchdata tests find them through $VHINDEX_BENCH_SOURCES.
+_BENCH_SOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench-work", "sources", "root")
+if os.path.isdir(_BENCH_SOURCES) and _BENCH_SOURCES not in os.environ.get("VHINDEX_BENCH_SOURCES", ""):
+    os.environ["VHINDEX_BENCH_SOURCES"] = os.pathsep.join(
+        p for p in (os.environ.get("VHINDEX_BENCH_SOURCES", ""), _BENCH_SOURCES) if p)
 
 
 class S3Env(NamedTuple):

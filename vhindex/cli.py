@@ -298,6 +298,28 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench_quality(args: argparse.Namespace) -> int:
+    from vhindex.benchdata.quality import run_quality_bench
+
+    cfg = _config(args)
+    command = "vhindex bench quality " + " ".join(
+        ([f"--config {args.config}"] if args.config else []) + list(args.overrides))
+    run_quality_bench(cfg, command=command.strip())
+    return 0
+
+
+def cmd_bench_sources(args: argparse.Namespace) -> int:
+    from vhindex.benchdata.sources import fetch_debian_sources
+
+    try:
+        root = fetch_debian_sources(args.dest, log=lambda m: print(m, flush=True))
+    except RuntimeError as err:
+        print(f"vhindex bench sources: error: {err}", file=sys.stderr)
+        return 1
+    print(root)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ parser
 
 
@@ -412,6 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("graph", help="k-means anchors + nearest anchors (anchor graph) on Dask / Dask-on-Ray")
     _add_config_args(p, default="configs/graph/demo.yaml")
     p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("bench", help="real-data benchmarks: fetch their sources, run the quality tables")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    c = bsub.add_parser("sources", help="download + unpack the Debian packages the benchmarks read (no root needed)")
+    c.add_argument("--dest", default="bench-work/sources", help="folder (default: %(default)s; files under DEST/root)")
+    c.set_defaults(func=cmd_bench_sources)
+    c = bsub.add_parser("quality", help="every method x 16/32/64 bits on the fashion-clip and near-duplicate "
+                                        "benchmarks -> markdown tables + plots")
+    _add_config_args(c, default="configs/bench/quality.yaml")
+    c.set_defaults(func=cmd_bench_quality)
 
     p = sub.add_parser("config", help="show or check configs")
     csub = p.add_subparsers(dest="config_command", required=True)

@@ -450,6 +450,58 @@ class ServeSection(_Section):
                           "must send `Authorization: Bearer <token>` (the token itself never goes in config).")
 
 
+class BenchSection(_Section):
+    """Real-data quality benchmarks (``vhindex bench quality``, ``jobs/bench_quality.py``).
+
+    Two benchmarks, both rendered / edited into real video files and featurised by the extraction
+    pipeline: labelled clips from Fashion-MNIST photos (:mod:`vhindex.benchdata.fashion`) and
+    near-duplicates of real source videos (:mod:`vhindex.benchdata.neardup`). Models are trained
+    with the ``train`` section's settings (M, D, bits and anchors are set per benchmark).
+    """
+
+    work: str = Field("bench-work/quality", description="Folder of the videos, features, models and results "
+                                                        "(re-runs reuse finished steps).")
+    sources: list[str] = Field(
+        default_factory=lambda: ["bench-work/sources/root"],
+        description="Roots holding the Debian packages' files (`vhindex bench sources` unpacks them there); "
+                    "$VHINDEX_BENCH_SOURCES and / are searched after them.")
+    benchmarks: list[Literal["fashion", "neardup"]] = Field(default_factory=lambda: ["fashion", "neardup"])
+    fashion_preset: Literal["full", "tiny"] = "full"
+    fashion_overrides: dict[str, Any] = Field(default_factory=dict, description="FashionClipSpec fields to change.")
+    neardup_preset: Literal["full", "tiny"] = "full"
+    neardup_overrides: dict[str, Any] = Field(default_factory=dict, description="NearDupSpec fields to change.")
+    render_workers: int = Field(2, gt=0, description="Processes rendering clips / variants.")
+    fashion_extract: ExtractSection = Field(
+        default_factory=lambda: ExtractSection(num_frames=10, image_size=112, pipeline=PipelineSection(engine="local")),
+        description="Extraction of the fashion clips (listing/out are set by the runner).")
+    neardup_extract: ExtractSection = Field(
+        default_factory=lambda: ExtractSection(num_frames=25, image_size=128, pipeline=PipelineSection(engine="local")),
+        description="Extraction of the near-duplicate videos (listing/out are set by the runner).")
+    fashion_train: dict[str, Any] = Field(default_factory=dict, description="`train` fields changed for the fashion "
+                                                                          "benchmark (e.g. epochs).")
+    neardup_train: dict[str, Any] = Field(
+        default_factory=dict, description="`train` fields changed for the near-duplicate benchmark: its few hundred "
+                                          "videos need more epochs / smaller batches for the same number of steps.")
+    methods: list[str] = Field(default_factory=lambda: ["lsh", "itq", "bth", "dkph"],
+                               description="Video-level methods (lsh, itq, pca, bth, dkph).")
+    frame_methods: list[str] = Field(default_factory=lambda: ["lsh", "itq"],
+                                     description="Frame-level hashers of the UTS retrieval pipeline.")
+    bits: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    ks: list[int] = Field(default_factory=lambda: [5, 20, 40, 60, 80, 100], description="mAP@K cut-offs (fashion).")
+    uts_top_n: int = Field(1000, gt=0, description="UTS Algorithm 1: top-N similar gallery frames per query frame.")
+    anchors_per_video: float = Field(
+        0.125, gt=0.0, le=1.0, description="Graph anchors are min(train.anchors, this x training videos), at least 2 x graph.a: the "
+                                          "near-duplicate set has only a few hundred videos.")
+    report: str = Field("benchmarks/results/real_quality.md", description="Markdown report (plots beside it).")
+    plots: bool = True
+
+    @field_validator("bits")
+    @classmethod
+    def _bits_ok(cls, v: list[int]) -> list[int]:
+        return [_check_bits(b) for b in v]
+
+
 class Config(_Section):
     """The root configuration; every YAML file in ``configs/`` validates against it."""
 
@@ -465,6 +517,7 @@ class Config(_Section):
     extract: ExtractSection = Field(default_factory=ExtractSection)
     encode: EncodeSection = Field(default_factory=EncodeSection)
     serve: ServeSection = Field(default_factory=ServeSection)
+    bench: BenchSection = Field(default_factory=BenchSection)
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML (logged by jobs and saved in run folders)."""

@@ -21,6 +21,7 @@ from vhindex.index.codes import (
     unpack_codes,
 )
 from vhindex.index.flat import BinaryFlatIndex, faiss_threads, pad_distance
+from vhindex.index.frames import FrameLevelIndex
 from vhindex.index.idmap import IdMap
 from vhindex.index.mask import MaskedIndexCache, MaskTable, masked_search
 from vhindex.index.sharded import (
@@ -39,6 +40,7 @@ from vhindex.index.sharded import (
 __all__ = [
     "BIT_ORDER",
     "BinaryFlatIndex",
+    "FrameLevelIndex",
     "IdMap",
     "IndexSpec",
     "MaskTable",

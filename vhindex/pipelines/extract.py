@@ -302,10 +302,13 @@ class ExtractJob(ShardedJob):
         super().__init__(ShardedOutput(out_url, self.storage_options))
 
     def _meta(self) -> FrameDatasetMeta:
+        # Labelled listings record C = largest label + 1, so the dataset evaluates without extra arguments.
+        labels = [max(v.labels) for v in self.inputs if v.labels]
         return FrameDatasetMeta(num_frames=self.params.num_frames, feature_dim=self._feature_dim,
                                 dtype=self.params.dtype,  # type: ignore[arg-type]
                                 extractor=str(self._describe.get("backbone", self.params.backbone)),
-                                extractor_version=json.dumps(self._describe, sort_keys=True))
+                                extractor_version=json.dumps(self._describe, sort_keys=True),
+                                num_classes=max(labels) + 1 if labels else None)
 
     def fingerprint(self) -> dict[str, Any]:
         """Inputs (hash of ids, URIs, labels), what the features depend on, and the shard size."""

@@ -10,7 +10,7 @@ from vhindex.pipelines.encode import EncodeJob
 from vhindex.pipelines.extract import ExtractJob, ExtractorParams
 from vhindex.pipelines.runner import Engine, JobReport, run_local, run_sharded_job
 
-__all__ = ["encode_job_from_config", "extract_job_from_config", "job_main", "run_from_config", "select_engine"]
+__all__ = ["encode_job_from_config", "extract_job", "extract_job_from_config", "job_main", "run_from_config", "select_engine"]
 
 
 def select_engine(pipeline: Any) -> tuple[Engine, str]:
@@ -34,14 +34,26 @@ def select_engine(pipeline: Any) -> tuple[Engine, str]:
 
 def extract_job_from_config(cfg: Any) -> ExtractJob:
     """An :class:`ExtractJob` from ``cfg.extract`` (listing and out are required)."""
-    e = cfg.extract
-    missing = [k for k in ("listing", "out") if getattr(e, k) is None]
+    return extract_job(cfg.extract)
+
+
+def extract_job(e: Any, listing: str | None = None, out: str | None = None, *, key: str = "extract") -> ExtractJob:
+    """An :class:`ExtractJob` from an :class:`vhindex.config.ExtractSection`.
+
+    Args:
+        e: the section (extractor settings, shard size, storage options).
+        listing: overrides ``e.listing``.
+        out: overrides ``e.out``.
+        key: the section's config path, named in errors.
+    """
+    urls = {"listing": listing or e.listing, "out": out or e.out}
+    missing = [k for k, v in urls.items() if v is None]
     if missing:
-        raise ValueError(f"extract.{missing[0]}: required (fsspec URL)" + (f"; also extract.{missing[1]}" if len(missing) > 1 else ""))
+        raise ValueError(f"{key}.{missing[0]}: required (fsspec URL)" + (f"; also {key}.{missing[1]}" if len(missing) > 1 else ""))
     params = ExtractorParams(backbone=e.backbone, weights=e.weights, num_frames=e.num_frames, image_size=e.image_size,
                              dtype=e.dtype, batch_frames=e.batch_frames, decode_workers=e.decode_workers,
                              threads=e.threads, device=e.device, min_frames=e.min_frames)
-    return ExtractJob(e.listing, e.out, params, videos_per_shard=e.videos_per_shard,
+    return ExtractJob(urls["listing"], urls["out"], params, videos_per_shard=e.videos_per_shard,
                       storage_options=e.storage_options, extensions=e.extensions)
 
 

@@ -1,0 +1,568 @@
+"""The real-data quality benchmark runner: every method x code length on both real-data benchmarks.
+
+``vhindex bench quality --config configs/bench/quality.yaml`` (or ``python jobs/bench_quality.py``)
+runs, each step skipped when its output is already complete under ``bench.work``:
+
+1. **Fashion clips** (:mod:`vhindex.benchdata.fashion`): render the train / query / database clips to
+   video files, featurise every split with the extraction pipeline (:class:`~vhindex.pipelines.extract.ExtractJob`),
+   train every method on the (unlabelled) training split, encode query and database, and score
+   mAP@K under both protocols (``paper``: AP@K divided by K, as the published code; ``standard``:
+   divided by the relevant items retrieved). Relevance = sharing a label.
+2. **Near-duplicates** (:mod:`vhindex.benchdata.neardup`): make the variants of the real source
+   videos, featurise them, train every method on the same videos (unsupervised: the family labels
+   are never seen by a learner), and score **leave-one-out** retrieval: every video queries all the
+   others; relevant = the same source family. Metrics: mAP over the full ranking and top-1 accuracy.
+3. **UTS frame-level retrieval** (:class:`vhindex.index.FrameLevelIndex`, Algorithm 1 of the UTS
+   paper) with per-frame LSH / ITQ codes, on both benchmarks.
+4. **References** without hashing: cosine similarity of the mean-pooled float features, so the
+   tables show what binarisation costs.
+
+Each method is trained once per seed and code length; BTH and DKPH share one teacher, its
+embeddings and the anchor graph per seed (the teacher runs at ``train.teacher_bits``). The report
+(markdown, ``results.json`` and PNG plots beside it) is rewritten after each benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vhindex.config import Config, ExtractSection, config_from_dict
+from vhindex.data import FrameDataset
+
+__all__ = [
+    "BenchOutcome",
+    "leave_one_out_metrics",
+    "map_at_k_from_relevance",
+    "ranked_relevance",
+    "run_quality_bench",
+]
+
+SPLITS = ("train", "query", "database")
+LEARNED = ("bth", "dkph")
+Log = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------------ metrics on rankings
+
+
+def map_at_k_from_relevance(relevance: np.ndarray, ks: Sequence[int], protocol: str) -> dict[int, float]:
+    """mAP@K from the relevance of each query's ranked list (the :mod:`vhindex.eval` definitions).
+
+    Args:
+        relevance: ``bool (nq, L)``: relevance of rank 1..L of each query, ``L >= max(ks)``
+            (shorter rankings padded with ``False``).
+        ks: cut-offs.
+        protocol: ``"paper"`` (AP@K = sum over relevant ranks r <= K of P@r, divided by K) or
+            ``"standard"`` (the same sum divided by the relevant items in the top K; 0 when none).
+
+    Returns:
+        ``{K: mAP@K}``.
+    """
+    if protocol not in ("paper", "standard"):
+        raise ValueError(f"protocol must be 'paper' or 'standard', got {protocol!r}")
+    rel = np.asarray(relevance, dtype=bool)
+    kmax = max(ks)
+    if rel.shape[1] < kmax:
+        rel = np.pad(rel, ((0, 0), (0, kmax - rel.shape[1])))
+    hits = np.cumsum(rel[:, :kmax], axis=1)
+    prec_at_hit = np.where(rel[:, :kmax], hits / np.arange(1, kmax + 1), 0.0)
+    csum = np.cumsum(prec_at_hit, axis=1)
+    out = {}
+    for k in ks:
+        if protocol == "paper":
+            ap = csum[:, k - 1] / k
+        else:
+            n = hits[:, k - 1]
+            ap = np.divide(csum[:, k - 1], n, out=np.zeros(len(n)), where=n > 0)
+        out[int(k)] = float(ap.mean()) if len(ap) else 0.0
+    return out
+
+
+def ranked_relevance(ranked: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
+    """Relevance (shares a label) of ranked database indices; ``-1`` entries are not relevant.
+
+    Args:
+        ranked: ``int (nq, L)`` database indices, best first (``-1`` = padding).
+        query_labels: multi-hot ``(nq, C)``.
+        db_labels: multi-hot ``(N, C)``.
+    """
+    ranked = np.asarray(ranked)
+    safe = np.where(ranked >= 0, ranked, 0)
+    shared = (db_labels[safe] & query_labels[:, None, :].astype(bool)).any(axis=2) if db_labels.dtype == bool else (
+        (db_labels[safe] * query_labels[:, None, :]).sum(axis=2) > 0)
+    return shared & (ranked >= 0)
+
+
+def leave_one_out_metrics(rankings: Sequence[np.ndarray], groups: np.ndarray) -> dict[str, float]:
+    """Near-duplicate metrics: each video ranks all the others; relevant = same group.
+
+    Args:
+        rankings: per query ``i``, the indices of every *other* video, best first.
+        groups: ``int (N,)`` group (source family) of each video.
+
+    Returns:
+        ``{"map": mean AP over the full ranking (divided by the group's other members), "top1":
+        fraction of queries whose first result is in their group, "queries": N}``. Queries alone
+        in their group are skipped.
+    """
+    groups = np.asarray(groups)
+    aps, top1 = [], []
+    for i, order in enumerate(rankings):
+        order = np.asarray(order)
+        if np.any(order == i):
+            raise ValueError(f"ranking of query {i} contains the query itself")
+        rel = groups[order] == groups[i]
+        n_rel = int((groups == groups[i]).sum()) - 1
+        if n_rel == 0:
+            continue
+        hits = np.cumsum(rel)
+        aps.append(float((rel * hits / np.arange(1, len(rel) + 1)).sum() / n_rel))
+        top1.append(bool(rel[0]) if len(rel) else False)
+    return {"map": float(np.mean(aps)) if aps else 0.0, "top1": float(np.mean(top1)) if top1 else 0.0,
+            "queries": len(aps)}
+
+
+def _loo_code_rankings(codes: np.ndarray) -> list[np.ndarray]:
+    """Leave-one-out rankings by Hamming distance, ties by index (self removed)."""
+    from vhindex.eval import stable_topk_hamming
+
+    n = len(codes)
+    _, idx = stable_topk_hamming(codes, codes, n)
+    return [row[row != i] for i, row in enumerate(idx)]
+
+
+def _loo_float_rankings(feats: np.ndarray) -> list[np.ndarray]:
+    """Leave-one-out rankings by cosine similarity of mean-pooled features, ties by index."""
+    x = _mean_pooled_unit(feats)
+    out = []
+    for i in range(len(x)):
+        order = np.argsort(-(x @ x[i]), kind="stable")
+        out.append(order[order != i])
+    return out
+
+
+def _mean_pooled_unit(feats: np.ndarray) -> np.ndarray:
+    x = feats.astype(np.float32).mean(axis=1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _float_topk(q: np.ndarray, db: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+    """Top-``k`` database indices per query by cosine of mean-pooled features (bounded memory)."""
+    qx, dx = _mean_pooled_unit(q), _mean_pooled_unit(db)
+    out = np.empty((len(qx), min(k, len(dx))), dtype=np.int64)
+    for s in range(0, len(qx), chunk):
+        sims = qx[s:s + chunk] @ dx.T
+        out[s:s + chunk] = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return out
+
+
+# ------------------------------------------------------------------------------ runner
+
+
+@dataclasses.dataclass
+class BenchOutcome:
+    """What :func:`run_quality_bench` measured (also written to ``results.json``).
+
+    Attributes:
+        fashion: ``{row: {bits: {"paper": {K: [per seed]}, "standard": {K: [...]}}}}``; the float
+            reference row uses bits ``0``.
+        neardup: ``{row: {bits: {"map": [per seed], "top1": [per seed]}}}``.
+        timings: ``{step: seconds}``.
+        info: dataset sizes and settings.
+    """
+
+    fashion: dict[str, dict[int, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    neardup: dict[str, dict[int, dict[str, list[float]]]] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Runner:
+    def __init__(self, cfg: Config, log: Log, command: str) -> None:
+        from vhindex.benchdata.sources import default_roots
+
+        self.cfg = cfg
+        self.b = cfg.bench
+        self.work = self.b.work.rstrip("/")
+        self.roots = default_roots(self.b.sources)
+        self.log = log
+        self.command = command
+        self.out = BenchOutcome()
+        self.t_start = time.perf_counter()
+
+    # -------------------------------------------------------------- helpers
+
+    def _timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        self.out.timings[name] = self.out.timings.get(name, 0.0) + time.perf_counter() - t0
+        return result
+
+    def _extract(self, listing: str, out: str, section: ExtractSection, key: str) -> FrameDataset:
+        from vhindex.pipelines.jobs import extract_job, select_engine
+        from vhindex.pipelines.runner import run_sharded_job
+
+        job = extract_job(section, listing, out, key=key)
+        engine, name = select_engine(section.pipeline)
+        report = run_sharded_job(job, engine, engine_name=name, max_error_fraction=section.pipeline.max_error_fraction,
+                                 progress_every_s=section.pipeline.progress_every_s, stream=sys.stdout)
+        if report.exit_code != 0:
+            raise RuntimeError(f"feature extraction of {listing} into {out} failed: {report.ok} ok, {report.errors} "
+                               f"errors {report.error_counts}, failed shards {report.shards_failed}")
+        if report.errors:
+            self.log(f"  {report.errors} video(s) could not be featurised: {report.error_counts}")
+        return FrameDataset.open(out)
+
+    def _train_config(self, bench: str, *, seed: int, out_dir: str, urls: dict[str, str], ds: FrameDataset, bits: int) -> Config:
+        d = self.cfg.model_dump(mode="json")
+        train = {**d["train"], **getattr(self.b, f"{bench}_train")}
+        n_train = FrameDataset.open(urls["train"]).num_videos
+        # at least 2a anchors (the graph keeps a nearest anchors per video), at most one per video
+        anchors = min(n_train, max(2 * self.cfg.graph.a, min(int(train["anchors"]),
+                                                         int(self.b.anchors_per_video * n_train))))
+        d["run"] = {**d["run"], "seed": seed, "output_dir": out_dir}
+        d["data"] = {**d["data"], **{s: urls[s] for s in SPLITS}}
+        d["train"] = {**train, "num_frames": ds.meta.num_frames, "feature_dim": ds.meta.feature_dim,
+                      "bits": bits, "anchors": anchors, "eval_every": 0}
+        return config_from_dict(d, source=f"bench quality ({bench})")
+
+    def _models(self, bench: str, urls: dict[str, str], seed: int) -> Any:
+        """Yield ``(method, bits, model)`` for every video-level method and code length of one seed."""
+        from vhindex.pipeline import fit_model
+        from vhindex.train.recipes import (
+            build_teacher_graph,
+            check_datasets,
+            train_bth,
+            train_student,
+            train_teacher,
+            write_teacher_embeddings,
+        )
+
+        train = FrameDataset.open(urls["train"])
+        # one folder per training setting: a changed schedule trains afresh instead of hitting a stale checkpoint
+        settings = {"train": {**self.cfg.train.model_dump(mode="json"), **getattr(self.b, f"{bench}_train")},
+                    "graph": self.cfg.graph.model_dump(mode="json"), "anchors_per_video": self.b.anchors_per_video}
+        tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        seed_dir = f"{self.work}/{bench}/models/{tag}/seed{seed}"
+        graph = None
+        for bits in self.b.bits:
+            for method in self.b.methods:
+                if method not in LEARNED:
+                    model = self._timed(f"{bench} train {method}", lambda m=method, k=bits: fit_model(
+                        m, k, train, seed=seed, batch_size=self.cfg.data.batch_size))
+                    yield method, bits, model
+                    continue
+                if graph is None:
+                    tcfg = self._train_config(bench, seed=seed, out_dir=seed_dir, urls=urls, ds=train, bits=bits)
+                    datasets = check_datasets(tcfg)
+
+                    def teacher_graph(tcfg: Config = tcfg, datasets: dict = datasets) -> str:
+                        teacher, _ = train_teacher(tcfg, datasets, progress=False)
+                        return build_teacher_graph(tcfg, write_teacher_embeddings(tcfg, teacher, datasets["train"]))
+
+                    graph = self._timed(f"{bench} train teacher+graph", teacher_graph)
+                vcfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}", urls=urls, ds=train,
+                                          bits=bits)
+                trainer = train_bth if method == "bth" else train_student
+                model, _ = self._timed(f"{bench} train {method}", lambda t=trainer, c=vcfg, g=graph: t(
+                    c, check_datasets(c), graph_url=g, progress=False))
+                yield method, bits, model
+
+    def _frame_model(self, method: str, bits: int, train: FrameDataset, seed: int) -> Any:
+        """A per-frame hasher (UTS: frames binarised independently): ``method`` fitted on single frames."""
+        from vhindex.models import build_model
+        from vhindex.pipeline import frame_batches
+
+        d = train.meta.feature_dim
+        model = build_model(method, bits)
+        model.fit(lambda: (b.reshape(-1, 1, d) for b in frame_batches(train, self.cfg.data.batch_size)), seed=seed)
+        return model
+
+    @staticmethod
+    def _frame_codes(model: Any, feats: np.ndarray) -> np.ndarray:
+        b, m, d = feats.shape
+        return model.encode_packed(feats.reshape(b * m, 1, d)).reshape(b, m, -1)
+
+    # -------------------------------------------------------------- fashion
+
+    def fashion(self) -> None:
+        from vhindex.benchdata.fashion import FashionClipSpec, build_fashion_clips
+        from vhindex.eval import evaluate
+        from vhindex.index import FrameLevelIndex
+        from vhindex.pipeline import encode_in_memory
+
+        spec = _replace_spec(FashionClipSpec.preset(self.b.fashion_preset), self.b.fashion_overrides, "fashion")
+        self.log(f"[fashion] rendering clips ({self.b.fashion_preset}: {spec.train}/{spec.query}/{spec.database})")
+        listings = self._timed("fashion render", lambda: build_fashion_clips(
+            f"{self.work}/fashion/videos", spec, roots=self.roots, workers=self.b.render_workers, progress=self.log))
+        urls = {s: f"{self.work}/fashion/features/{s}" for s in SPLITS}
+        ds = {}
+        for s in SPLITS:
+            self.log(f"[fashion] extracting features: {s}")
+            ds[s] = self._timed(f"fashion extract {s}", lambda s=s: self._extract(
+                listings[s], urls[s], self.b.fashion_extract, "bench.fashion_extract"))
+        q, db = ds["query"], ds["database"]
+        n_classes = max(q.meta.num_classes or 0, db.meta.num_classes or 0)
+        ql, dl = q.read_labels_multi_hot(n_classes), db.read_labels_multi_hot(n_classes)
+        ks = [k for k in self.b.ks if k <= db.num_videos]
+        self.out.info["fashion"] = {"spec": dataclasses.asdict(spec), "videos": {s: ds[s].num_videos for s in SPLITS},
+                                    "num_frames": q.meta.num_frames, "feature_dim": q.meta.feature_dim,
+                                    "extractor": q.meta.extractor, "ks": ks}
+        rows = self.out.fashion
+
+        def record(row: str, bits: int, paper: dict[int, float], standard: dict[int, float]) -> None:
+            cell = rows.setdefault(row, {}).setdefault(bits, {"paper": {}, "standard": {}})
+            for k in ks:
+                cell["paper"].setdefault(k, []).append(paper[k])
+                cell["standard"].setdefault(k, []).append(standard[k])
+            self.log(f"  fashion {row:<22s} {bits:3d} bits  mAP@{ks[min(1, len(ks) - 1)]} paper "
+                     f"{paper[ks[min(1, len(ks) - 1)]]:.4f}  standard {standard[ks[min(1, len(ks) - 1)]]:.4f}")
+
+        qf, df = _read_features(q), _read_features(db)
+        rel = ranked_relevance(_float_topk(qf, df, max(ks)), ql, dl)
+        record("float mean-pool (cosine)", 0, map_at_k_from_relevance(rel, ks, "paper"),
+               map_at_k_from_relevance(rel, ks, "standard"))
+        for seed in self.b.seeds:
+            for method, bits, model in self._models("fashion", urls, seed):
+                def score(model: Any = model) -> tuple[Any, Any]:
+                    qi, qc = encode_in_memory(model, q)
+                    di, dc = encode_in_memory(model, db)
+                    assert qi == q.read_video_ids() and di == db.read_video_ids()
+                    return tuple(evaluate(dc, qc, dl, ql, ks=ks, protocol=p, pr=False, precision_ns=[]).map_at_k
+                                 for p in ("paper", "standard"))
+                paper, standard = self._timed(f"fashion eval {method}", score)
+                record(method, bits, paper, standard)
+            for method in self.b.frame_methods:
+                for bits in self.b.bits:
+                    def uts(method: str = method, bits: int = bits, seed: int = seed) -> tuple[dict, dict]:
+                        fm = self._frame_model(method, bits, ds["train"], seed)
+                        index = FrameLevelIndex(bits)
+                        index.add(db.read_video_ids(), self._frame_codes(fm, df))
+                        pos = {v: i for i, v in enumerate(db.read_video_ids())}
+                        res = index.search_batch(list(self._frame_codes(fm, qf)), max(ks), top_n=self.b.uts_top_n)
+                        ranked = np.full((len(res), max(ks)), -1, dtype=np.int64)
+                        for i, (ids, _) in enumerate(res):
+                            ranked[i, :len(ids)] = [pos[v] for v in ids]
+                        r = ranked_relevance(ranked, ql, dl)
+                        return map_at_k_from_relevance(r, ks, "paper"), map_at_k_from_relevance(r, ks, "standard")
+                    paper, standard = self._timed(f"fashion uts-{method}", uts)
+                    record(f"uts frame-level {method}", bits, paper, standard)
+
+    # -------------------------------------------------------------- near-duplicates
+
+    def neardup(self) -> None:
+        from vhindex.benchdata.neardup import NearDupSpec, build_neardup
+        from vhindex.index import FrameLevelIndex
+        from vhindex.index.frames import rank_videos_leave_one_out
+        from vhindex.pipeline import encode_in_memory
+
+        spec = _replace_spec(NearDupSpec.preset(self.b.neardup_preset), self.b.neardup_overrides, "neardup")
+        self.log(f"[neardup] making variants ({self.b.neardup_preset})")
+        listing = self._timed("neardup variants", lambda: build_neardup(
+            f"{self.work}/neardup/videos", spec, roots=self.roots, workers=self.b.render_workers, progress=self.log))
+        url = f"{self.work}/neardup/features/all"
+        self.log("[neardup] extracting features")
+        ds = self._timed("neardup extract", lambda: self._extract(listing, url, self.b.neardup_extract,
+                                                                 "bench.neardup_extract"))
+        ids = ds.read_video_ids()
+        labels = ds.read_labels_multi_hot()
+        if (labels.sum(axis=1) != 1).any():
+            raise ValueError(f"{url}: every near-duplicate video needs exactly one family label")
+        groups = labels.argmax(axis=1)
+        feats = _read_features(ds)
+        self.out.info["neardup"] = {"spec": dataclasses.asdict(spec), "videos": len(ids),
+                                    "families": int(len(np.unique(groups))), "num_frames": ds.meta.num_frames,
+                                    "feature_dim": ds.meta.feature_dim, "extractor": ds.meta.extractor}
+        rows = self.out.neardup
+
+        def record(row: str, bits: int, m: dict[str, float]) -> None:
+            cell = rows.setdefault(row, {}).setdefault(bits, {"map": [], "top1": []})
+            cell["map"].append(m["map"])
+            cell["top1"].append(m["top1"])
+            self.log(f"  neardup {row:<22s} {bits:3d} bits  mAP {m['map']:.4f}  top-1 {m['top1']:.4f}")
+
+        record("float mean-pool (cosine)", 0, leave_one_out_metrics(_loo_float_rankings(feats), groups))
+        urls = {s: url for s in SPLITS}  # unsupervised: trained on the very videos it indexes
+        for seed in self.b.seeds:
+            for method, bits, model in self._models("neardup", urls, seed):
+                _, codes = encode_in_memory(model, ds)
+                record(method, bits, leave_one_out_metrics(_loo_code_rankings(codes), groups))
+            for method in self.b.frame_methods:
+                for bits in self.b.bits:
+                    def uts(method: str = method, bits: int = bits, seed: int = seed) -> dict[str, float]:
+                        fm = self._frame_model(method, bits, ds, seed)
+                        codes = self._frame_codes(fm, feats)
+                        index = FrameLevelIndex(bits)
+                        index.add(ids, codes)
+                        ranked = rank_videos_leave_one_out(index, ids, list(codes), top_n=self.b.uts_top_n)
+                        pos = {v: i for i, v in enumerate(ids)}
+                        return leave_one_out_metrics([np.array([pos[v] for v in r]) for r in ranked], groups)
+                    record(f"uts frame-level {method}", bits, self._timed(f"neardup uts-{method}", uts))
+
+    # -------------------------------------------------------------- report
+
+    def report(self, final: bool) -> str:
+        text = render_report(self.out, self.cfg, self.command, time.perf_counter() - self.t_start)
+        if not final:
+            text += "\n(partial: still running)\n"
+        path = Path(self.b.report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        (path.parent / (path.stem + ".json")).write_text(json.dumps(self.out.to_dict(), indent=1, default=str))
+        if self.b.plots and final:
+            write_plots(self.out, path.parent / path.stem)
+        return text
+
+
+def _replace_spec(spec: Any, overrides: dict[str, Any], name: str) -> Any:
+    """``spec`` with ``overrides`` applied (YAML lists become the tuples the spec fields hold)."""
+    fields = {f.name for f in dataclasses.fields(spec)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"bench.{name}_overrides: unknown field(s) {unknown}; known: {sorted(fields)}")
+    return dataclasses.replace(spec, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def _read_features(ds: FrameDataset) -> np.ndarray:
+    from vhindex.pipeline import frame_batches
+
+    parts = list(frame_batches(ds))
+    return np.concatenate(parts) if parts else np.zeros((0, ds.meta.num_frames, ds.meta.feature_dim), np.float16)
+
+
+def _cell(values: Sequence[float]) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return "-"
+    return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
+
+
+def _row_order(rows: dict[str, Any]) -> list[str]:
+    first = [r for r in rows if r.startswith("float")]
+    return first + [r for r in rows if not r.startswith("float")]
+
+
+def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float) -> str:
+    """The markdown report: settings, the fashion mAP tables, the near-duplicate table, timings."""
+    b = cfg.bench
+    lines = [f"# Real-data retrieval quality ({dt.datetime.now().isoformat(timespec='seconds')})", "",
+             f"machine: {platform.node()}, {os.cpu_count()} CPUs; command: `{command}`; "
+             f"seeds {b.seeds}; total {seconds:.0f} s", ""]
+    t = cfg.train
+    lines += [f"Learned models: d={t.hidden}, teacher {t.teacher_epochs} epochs at {t.teacher_bits or 'K'} bits, "
+              f"students {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, anchors min({t.anchors}, "
+              f"{b.anchors_per_video} x training videos)"
+              + "".join(f"; {n} benchmark: {o}" for n, o in (("fashion", b.fashion_train), ("near-duplicate",
+                                                                                      b.neardup_train)) if o)
+              + f". UTS: top-N = {b.uts_top_n} frames per query frame.", ""]
+    if out.fashion:
+        info = out.info.get("fashion", {})
+        ks = info.get("ks", b.ks)
+        lines += ["## Fashion-MNIST clips (labelled; relevance = a shared label)", "",
+                  f"videos {info.get('videos')}, M={info.get('num_frames')}, D={info.get('feature_dim')} "
+                  f"({info.get('extractor')}). Mean ± sample std over seeds where several ran.", ""]
+        for protocol in ("paper", "standard"):
+            lines += [f"### mAP@K, {protocol} protocol", "",
+                      "| method | bits | " + " | ".join(f"mAP@{k}" for k in ks) + " |",
+                      "|---|---|" + "---|" * len(ks)]
+            for row in _row_order(out.fashion):
+                for bits, cell in sorted(out.fashion[row].items()):
+                    lines.append(f"| {row} | {bits or 'float'} | "
+                                 + " | ".join(_cell(cell[protocol].get(k, [])) for k in ks) + " |")
+            lines.append("")
+    if out.neardup:
+        info = out.info.get("neardup", {})
+        lines += ["## Near-duplicates of real videos (leave-one-out; relevant = same source family)", "",
+                  f"{info.get('videos')} videos in {info.get('families')} families, M={info.get('num_frames')}, "
+                  f"D={info.get('feature_dim')} ({info.get('extractor')}).", "",
+                  "| method | " + " | ".join(f"{k or 'float'} bits mAP / top-1" if k else "float mAP / top-1"
+                                            for k in [0] + list(b.bits)) + " |",
+                  "|---|" + "---|" * (1 + len(b.bits))]
+        for row in _row_order(out.neardup):
+            cells = []
+            for bits in [0] + list(b.bits):
+                c = out.neardup[row].get(bits)
+                cells.append(f"{_cell(c['map'])} / {_cell(c['top1'])}" if c else "")
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if out.timings:
+        lines += ["## Seconds per step (2-core machine; train = every code length and seed together)", "",
+                  "| step | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in out.timings.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_plots(out: BenchOutcome, prefix: Path) -> list[Path]:
+    """PNG plots: fashion mAP@20 (paper) and near-duplicate mAP / top-1 against code length per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    panels: list[tuple[str, dict[str, Any], Callable[[Any], list[float]], str]] = []
+    if out.fashion:
+        ks = out.info.get("fashion", {}).get("ks", [20])
+        k = 20 if 20 in ks else ks[0]
+        panels.append((f"fashion clips: mAP@{k} (paper)", out.fashion, lambda c, k=k: c["paper"].get(k, []),
+                       "fashion"))
+    if out.neardup:
+        panels.append(("near-duplicates: mAP", out.neardup, lambda c: c["map"], "neardup_map"))
+        panels.append(("near-duplicates: top-1 accuracy", out.neardup, lambda c: c["top1"], "neardup_top1"))
+    for title, rows, get, name in panels:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row in _row_order(rows):
+            cells = rows[row]
+            if set(cells) == {0}:
+                ax.axhline(float(np.mean(get(cells[0]))), color="grey", linestyle="--", label=row)
+                continue
+            bits = sorted(k for k in cells if k)
+            ax.plot(bits, [float(np.mean(get(cells[x]))) for x in bits], marker="o", label=row)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bits")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = Path(f"{prefix}_{name}.png")
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def run_quality_bench(cfg: Config, *, log: Log | None = None, command: str = "vhindex bench quality") -> BenchOutcome:
+    """Run the configured real-data benchmarks (``cfg.bench``) and write the report; see the module docstring.
+
+    Args:
+        cfg: the config (``bench`` section; ``train`` and ``graph`` for the learned models).
+        log: progress lines (default: print).
+        command: the command line recorded in the report.
+
+    Returns:
+        The measured :class:`BenchOutcome` (also in ``<report>.json``).
+    """
+    runner = _Runner(cfg, log or (lambda m: print(m, flush=True)), command)
+    for bench in cfg.bench.benchmarks:
+        getattr(runner, bench)()
+        runner.report(final=False)
+    text = runner.report(final=True)
+    runner.log("\n" + text)
+    runner.log(f"report written to {cfg.bench.report}")
+    return runner.out
