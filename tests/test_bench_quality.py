@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,121 @@ def test_leave_one_out_metrics_hand_computed() -> None:
     assert m["queries"] == 5
     with pytest.raises(ValueError, match="itself"):
         leave_one_out_metrics([np.array([0, 1])], np.array([0, 0]))
+
+
+# ------------------------------------------------------------------------------ tiny end-to-end build
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny build of both benchmarks (configs/bench/tiny.yaml) through the real pipeline."""
+    from vhindex.benchdata.fashion import find_fashion_mnist
+    from vhindex.benchdata.quality import run_quality_bench
+    from vhindex.benchdata.sources import default_roots
+    from vhindex.config import load_config
+
+    pytest.importorskip("av")
+    try:
+        find_fashion_mnist(default_roots())
+    except FileNotFoundError as err:
+        pytest.skip(f"Fashion-MNIST not found (run `make bench-sources`): {err}")
+    tmp = tmp_path_factory.mktemp("bench")
+    cfg = load_config("configs/bench/tiny.yaml", [f"bench.work={tmp}/work", f"bench.report={tmp}/report.md",
+                                                  "bench.sources=[]"])
+    lines: list[str] = []
+    out = run_quality_bench(cfg, log=lines.append)
+    return cfg, out, tmp, lines
+
+
+def test_tiny_build_reports_every_method_bits_and_protocol(tiny_run) -> None:
+    cfg, out, tmp, _ = tiny_run
+    b = cfg.bench
+    rows = ["float mean-pool (cosine)", *b.methods, *(f"uts frame-level {m}" for m in b.frame_methods)]
+    assert sorted(out.fashion) == sorted(rows)
+    assert sorted(out.neardup) == sorted(rows)
+    for row in rows:
+        want_bits = [0] if row.startswith("float") else list(b.bits)
+        assert sorted(out.fashion[row]) == want_bits, row
+        assert sorted(out.neardup[row]) == want_bits, row
+        for cell in out.fashion[row].values():
+            for protocol in ("paper", "standard"):
+                assert sorted(cell[protocol]) == b.ks
+                assert all(0.0 <= v <= 1.0 for vs in cell[protocol].values() for v in vs)
+        for cell in out.neardup[row].values():
+            assert all(0.0 <= v <= 1.0 for v in cell["map"] + cell["top1"])
+    # real content, not noise: mean-pooled features of near-duplicates find their family
+    assert out.neardup["float mean-pool (cosine)"][0]["top1"][0] >= 0.9
+    report = (tmp / "report.md").read_text()
+    assert "paper protocol" in report and "standard protocol" in report and "partial" not in report
+    for row in rows:
+        assert f"| {row} |" in report
+    saved = json.loads((tmp / "report.json").read_text())
+    assert saved["neardup"]["lsh"]["16"]["map"] == out.neardup["lsh"][16]["map"]
+    for name in ("fashion", "neardup_map", "neardup_top1"):
+        assert (tmp / f"report_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _literal_rankings(codes: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    bits = np.unpackbits(codes, axis=1).astype(np.int32)
+    qbits = np.unpackbits(queries, axis=1).astype(np.int32)
+    dist = (qbits[:, None, :] != bits[None, :, :]).sum(axis=2)
+    return np.argsort(dist, axis=1, kind="stable")
+
+
+def test_tiny_lsh_numbers_equal_a_literal_recomputation(tiny_run) -> None:
+    """LSH-16's table entries recomputed from the extracted features with loops written from the definitions."""
+    from vhindex.data import FrameDataset
+    from vhindex.pipeline import encode_in_memory, fit_model
+
+    cfg, out, tmp, _ = tiny_run
+    work = f"{tmp}/work"
+    # near-duplicates: leave-one-out over every video
+    ds = FrameDataset.open(f"{work}/neardup/features/all")
+    groups = ds.read_labels_multi_hot().argmax(axis=1)
+    _, codes = encode_in_memory(fit_model("lsh", 16, ds, seed=cfg.bench.seeds[0]), ds)
+    order = _literal_rankings(codes, codes)
+    aps, top1 = [], []
+    for i in range(len(codes)):
+        ranked = [j for j in order[i] if j != i]
+        relevant = [groups[j] == groups[i] for j in ranked]
+        hits, ap = 0, 0.0
+        for r, rel in enumerate(relevant, start=1):
+            if rel:
+                hits += 1
+                ap += hits / r
+        aps.append(ap / sum(relevant))
+        top1.append(relevant[0])
+    assert out.neardup["lsh"][16]["map"][0] == pytest.approx(np.mean(aps), abs=1e-12)
+    assert out.neardup["lsh"][16]["top1"][0] == pytest.approx(np.mean(top1), abs=1e-12)
+    # fashion: paper-protocol AP@K (divided by K), relevance = a shared label
+    train, q, db = (FrameDataset.open(f"{work}/fashion/features/{s}") for s in ("train", "query", "database"))
+    model = fit_model("lsh", 16, train, seed=cfg.bench.seeds[0])
+    _, qc = encode_in_memory(model, q)
+    _, dc = encode_in_memory(model, db)
+    c = max(q.meta.num_classes, db.meta.num_classes)
+    ql, dl = q.read_labels_multi_hot(c), db.read_labels_multi_hot(c)
+    order = _literal_rankings(dc, qc)
+    for k in cfg.bench.ks:
+        aps = []
+        for i in range(len(qc)):
+            hits, ap = 0, 0.0
+            for r, j in enumerate(order[i][:k], start=1):
+                if (ql[i] & dl[j]).any():
+                    hits += 1
+                    ap += hits / r
+            aps.append(ap / k)
+        assert out.fashion["lsh"][16]["paper"][k][0] == pytest.approx(np.mean(aps), abs=1e-12), k
+
+
+def test_tiny_rerun_reuses_the_build_and_gives_the_same_numbers(tiny_run) -> None:
+    from vhindex.benchdata.quality import run_quality_bench
+
+    cfg, out, tmp, _ = tiny_run
+    clip = next((tmp / "work" / "fashion" / "videos" / "query" / "videos").iterdir())
+    mtime = clip.stat().st_mtime_ns
+    lines: list[str] = []
+    again = run_quality_bench(cfg, log=lines.append)
+    assert clip.stat().st_mtime_ns == mtime
+    assert not any(": rendering " in line for line in lines)  # every split reported "already built"
+    assert again.fashion == out.fashion
+    assert again.neardup == out.neardup
