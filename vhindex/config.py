@@ -483,7 +483,7 @@ class BenchSection(_Section):
         default_factory=dict, description="`train` fields changed for the near-duplicate benchmark: its few hundred "
                                           "videos need more epochs / smaller batches for the same number of steps.")
     methods: list[str] = Field(default_factory=lambda: ["lsh", "itq", "bth", "dkph"],
-                               description="Video-level methods (lsh, itq, pca, bth, dkph).")
+                               description="Video-level methods (lsh, pca_sign, itq, bth, dkph).")
     frame_methods: list[str] = Field(default_factory=lambda: ["lsh", "itq"],
                                      description="Frame-level hashers of the UTS retrieval pipeline.")
     bits: list[int] = Field(default_factory=lambda: [16, 32, 64])

@@ -429,6 +429,20 @@ class _Runner:
         return text
 
 
+def _check_methods(cfg: Config) -> None:
+    """Fail before any rendering on a method name the registry does not know (names listed)."""
+    from vhindex.models import MODEL_REGISTRY
+
+    known = sorted(MODEL_REGISTRY)
+    for key, names in (("bench.methods", cfg.bench.methods), ("bench.frame_methods", cfg.bench.frame_methods)):
+        for name in names:
+            if name not in known:
+                raise ValueError(f"{key}: unknown model name {name!r}; known models: {known}")
+            if key == "bench.frame_methods" and name in LEARNED:
+                raise ValueError(f"{key}: {name!r} is a video-level model; frame-level hashers: "
+                                 f"{[n for n in known if n not in LEARNED]}")
+
+
 def _replace_spec(spec: Any, overrides: dict[str, Any], name: str) -> Any:
     """``spec`` with ``overrides`` applied (YAML lists become the tuples the spec fields hold)."""
     fields = {f.name for f in dataclasses.fields(spec)}
@@ -558,6 +572,7 @@ def run_quality_bench(cfg: Config, *, log: Log | None = None, command: str = "vh
     Returns:
         The measured :class:`BenchOutcome` (also in ``<report>.json``).
     """
+    _check_methods(cfg)
     runner = _Runner(cfg, log or (lambda m: print(m, flush=True)), command)
     for bench in cfg.bench.benchmarks:
         getattr(runner, bench)()

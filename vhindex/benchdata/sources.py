@@ -62,19 +62,20 @@ def _run(cmd: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
 
 
-def fetch_debian_sources(dest: str, packages: Sequence[str] = DEBIAN_PACKAGES, *,
+def fetch_debian_sources(dest: str, packages: Sequence[str] = DEBIAN_PACKAGES, *, update_lists: bool = True,
                          log: Callable[[str], None] | None = None) -> str:
     """Download and unpack the benchmark's Debian packages under ``<dest>/root``; returns that root.
 
     Idempotent: a stamp (``<dest>/fetched.json``) naming the packages is written last; a later call
     with the same packages returns at once. ``apt-get update`` is run once, only when a package
-    cannot be located and the process is root.
+    cannot be located, the process is root and ``update_lists`` is true.
 
     Raises:
         RuntimeError: ``apt-get`` / ``dpkg`` missing, or a package that cannot be downloaded (the
             message carries apt's own error and what to try).
     """
     say = log or (lambda _msg: None)
+    dest = os.path.abspath(dest)  # dpkg runs inside <dest>/debs: relative paths would resolve there
     root = os.path.join(dest, "root")
     stamp = os.path.join(dest, _STAMP)
     wanted = sorted(packages)
@@ -92,7 +93,7 @@ def fetch_debian_sources(dest: str, packages: Sequence[str] = DEBIAN_PACKAGES, *
     os.makedirs(root, exist_ok=True)
     say(f"apt-get download {' '.join(wanted)}")
     res = _run(["apt-get", "download", *wanted], debs)
-    if res.returncode != 0 and "Unable to locate" in res.stderr and os.geteuid() == 0:
+    if res.returncode != 0 and "Unable to locate" in res.stderr and os.geteuid() == 0 and update_lists:
         say("apt-get update (package lists missing)")
         _run(["apt-get", "update"], debs)
         res = _run(["apt-get", "download", *wanted], debs)
