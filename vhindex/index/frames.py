@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from vhindex.fs import join, read_json, read_verified_files, url_to_fs, write_files_then_manifest
-from vhindex.index.codes import BIT_ORDER, check_packed
+from vhindex.index.codes import BIT_ORDER, check_manifest_header, check_packed
 from vhindex.index.flat import faiss_threads
 from vhindex.index.idmap import IdMap
 
@@ -487,14 +487,7 @@ class FrameLevelIndex:
                 f"no {MANIFEST_FILE} in {url}: not a saved FrameLevelIndex, or the save did not finish; save it again"
             )
         manifest = read_json(fs, manifest_path)
-        if manifest.get("format") != FORMAT_FRAME_LEVEL:
-            raise ValueError(f"{url} holds format {manifest.get('format')!r}, expected {FORMAT_FRAME_LEVEL!r}")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{url} has format_version {manifest.get('format_version')!r}; this vhindex reads {FORMAT_VERSION}"
-            )
-        if manifest.get("bit_order", BIT_ORDER) != BIT_ORDER:
-            raise ValueError(f"{url} uses bit order {manifest['bit_order']!r}, expected {BIT_ORDER!r}")
+        check_manifest_header(manifest, url, FORMAT_FRAME_LEVEL, FORMAT_VERSION)
         blobs = read_verified_files(fs, root, url, manifest, (CODES_FILE, IDS_FILE))
         bits = int(manifest["bits"])
         self = cls(bits, num_threads=num_threads)

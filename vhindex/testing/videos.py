@@ -11,11 +11,12 @@ pull in dependencies that may not import cleanly; only their data files are used
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 from collections.abc import Iterable
 
 import numpy as np
+
+from vhindex.benchdata.sources import package_dirs
 
 __all__ = ["make_corrupted_copy", "real_video_paths", "write_test_video"]
 
@@ -71,16 +72,6 @@ _MECAVIDEO_DIR = "/usr/share/pymecavideo/data/video"
 _VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".mpeg", ".m4v", ".ogv", ".webm")
 
 
-def _package_dirs(name: str) -> list[str]:
-    """Folders of an installed package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return []
-    if spec is None:
-        return []
-    return list(spec.submodule_search_locations or [])
-
 
 def real_video_paths() -> dict[str, str]:
     """Real videos installed on this machine by registry packages.
@@ -92,7 +83,7 @@ def real_video_paths() -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for package, sub, files in _PY_PACKAGES:
-        for root in _package_dirs(package):
+        for root in package_dirs(package):
             for short, fname in files.items():
                 path = os.path.join(root, sub, fname)
                 if short not in out and os.path.isfile(path):
