@@ -100,8 +100,7 @@ def ranked_relevance(ranked: np.ndarray, query_labels: np.ndarray, db_labels: np
     """
     ranked = np.asarray(ranked)
     safe = np.where(ranked >= 0, ranked, 0)
-    shared = (db_labels[safe] & query_labels[:, None, :].astype(bool)).any(axis=2) if db_labels.dtype == bool else (
-        (db_labels[safe] * query_labels[:, None, :]).sum(axis=2) > 0)
+    shared = (np.asarray(db_labels, dtype=bool)[safe] & np.asarray(query_labels, dtype=bool)[:, None, :]).any(axis=2)
     return shared & (ranked >= 0)
 
 
