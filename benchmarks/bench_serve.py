@@ -1,13 +1,17 @@
 """Benchmark: the Ray Serve query service over HTTP vs in-process faiss, side by side in one run.
 
 Builds (once, cached in ``--work``) 700,000 seeded clustered 64-bit codes as a codes dataset and a
-4-shard flat index, serves it on a local Ray (router + 4 shard deployments, 127.0.0.1), then measures:
+4-shard flat index, serves it on a local Ray (router + 4 shard deployments, 127.0.0.1) with the product
+defaults (``serve.fast_path``: Serve throughput-optimized, queries sent to the router replica's own port;
+adaptive batching), then measures:
 
 * single-query latency: ``--single`` sequential ``POST /search`` (k = 10) on one keep-alive connection;
 * sustained throughput at concurrency ``--concurrency`` (16): an asyncio client (aiohttp) keeps that
   many requests in flight for ``--seconds``; qps and the latency percentiles under load;
 * ``POST /search/batch`` with 1,000 queries per request: queries/s;
-* in-process faiss ``IndexBinaryFlat`` over all 700,000 codes (1 and 2 threads) on the same queries.
+* in-process faiss ``IndexBinaryFlat`` over all 700,000 codes (1 and 2 threads) on the same queries;
+* with ``--compare`` (default), in the same run: the same service through Serve's HTTP proxy, and the
+  router redeployed with ``@serve.batch`` instead of adaptive batching (shorter runs).
 
 Every HTTP answer's distances are checked against in-process faiss. Usage::
 
@@ -81,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1_000)
     p.add_argument("--batch-requests", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fast-path", choices=["on", "off"], default="on",
+                   help="serve.fast_path (Serve throughput-optimized + direct ingress), the product default")
+    p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure, in the same run, the Serve proxy path and @serve.batch batching")
+    p.add_argument("--compare-single", type=int, default=300)
+    p.add_argument("--compare-seconds", type=float, default=6.0)
+    p.add_argument("--via", choices=["direct", "proxy"], default="direct",
+                   help="query the router replica's own port (fast path) or Serve's HTTP proxy")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # faiss on a loaded 2-core box: spin-waiting hurts
 
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     import requests
 
     from cluster.runtime import connect_ray, free_ports
-    from cluster.serve import deploy
+    from cluster.serve import deploy, direct_endpoints, serve_cluster_env
     from vhindex.config import ServeSection
     from vhindex.data.schema import CodesDatasetMeta
     from vhindex.data.writer import CodesDatasetWriter
@@ -131,29 +143,43 @@ def main(argv: list[str] | None = None) -> int:
         flat.search(q[None], args.k)
         single_inproc.append(1000 * (time.perf_counter() - t0))
 
-    started = connect_ray()
-    port = free_ports(1)[0]
-    settings = ServeSection(index=index_url, port=port, shard_cpus=0.25, router_cpus=0.25, faiss_threads=1,
-                            app_name="bench")
+    port, direct_port = free_ports(2)
+    settings = ServeSection(index=index_url, port=port, direct_port=direct_port, shard_cpus=0.25, router_cpus=0.25,
+                            faiss_threads=1, app_name="bench", fast_path=args.fast_path == "on", direct_drain_s=1.0)
+    started = connect_ray(env=serve_cluster_env(settings))
     t0 = time.perf_counter()
     deploy(settings)
-    base = f"http://127.0.0.1:{port}"
+    proxy = f"http://127.0.0.1:{port}"
     session = requests.Session()
-    while session.get(base + "/healthz", timeout=30).status_code != 200:
+    while session.get(proxy + "/healthz", timeout=30).status_code != 200:
         time.sleep(0.2)
     up_s = time.perf_counter() - t0
-    try:
-        payloads = [json.dumps({"code": code_to_hex(q), "k": args.k}).encode() for q in queries[: args.single]]
+    endpoints = direct_endpoints(settings.app_name) if settings.fast_path else []
+    base = endpoints[0] if endpoints and args.via == "direct" else proxy
+    def measure(url: str, n_single: int, seconds: float) -> dict:
+        """Sequential single queries (answers checked), then `--concurrency` clients for `seconds`."""
         for pl in payloads[:50]:  # warm-up
-            session.post(base + "/search", data=pl, headers={"Content-Type": "application/json"})
-        lat, wrong = [], 0
-        for i, pl in enumerate(payloads):
+            session.post(url + "/search", data=pl, headers={"Content-Type": "application/json"})
+        lat, bad = [], 0
+        for i, pl in enumerate(payloads[:n_single]):
             t0 = time.perf_counter()
-            r = session.post(base + "/search", data=pl, headers={"Content-Type": "application/json"})
+            r = session.post(url + "/search", data=pl, headers={"Content-Type": "application/json"})
             lat.append(1000 * (time.perf_counter() - t0))
             got = [h["distance"] for h in r.json()["results"]]
-            wrong += got != D_ref[i].tolist() if i < args.batch else 0
-        done, lat_load, errors = asyncio.run(_load(base, payloads, args.concurrency, args.seconds))
+            bad += got != D_ref[i].tolist() if i < args.batch else 0
+        before = session.get(url + "/info", timeout=30).json()["router_counters"]
+        n_done, lat_load, n_errors = asyncio.run(_load(url, payloads, args.concurrency, seconds))
+        after = session.get(url + "/info", timeout=30).json()["router_counters"]
+        return {"lat": lat, "wrong": bad, "qps": n_done / seconds, "lat_load": lat_load, "errors": n_errors,
+                "per_fanout": (after["queries"] - before["queries"]) / max(1, after["fanouts"] - before["fanouts"])}
+
+    payloads = [json.dumps({"code": code_to_hex(q), "k": args.k}).encode() for q in queries[: args.single]]
+    compared: list[tuple[str, dict]] = []
+    try:
+        main_run = measure(base, args.single, args.seconds)
+        lat, lat_load, done, errors, per_fanout = (main_run["lat"], main_run["lat_load"], main_run["qps"] * args.seconds,
+                                                   main_run["errors"], main_run["per_fanout"])
+        wrong = main_run["wrong"]
         batch_qps = []
         body = json.dumps({"queries": [{"code": code_to_hex(q)} for q in queries[: args.batch]], "k": args.k})
         for _ in range(args.batch_requests):
@@ -162,6 +188,18 @@ def main(argv: list[str] | None = None) -> int:
             batch_qps.append(args.batch / (time.perf_counter() - t0))
             res = r.json()["results"]
             wrong += sum([h["distance"] for h in hits] != D_ref[i].tolist() for i, hits in enumerate(res))
+        if args.compare and base != proxy:
+            # the same deployment through Serve's HTTP proxy (one more hop)
+            compared.append(("same service via the Serve proxy", measure(proxy, args.compare_single,
+                                                                          args.compare_seconds)))
+            # Ray Serve's @serve.batch instead of adaptive batching (the router restarts with it)
+            deploy(settings.model_copy(update={"batching": "serve_batch"}))
+            other = direct_endpoints(settings.app_name)[0]
+            while session.get(other + "/healthz", timeout=30).status_code != 200:
+                time.sleep(0.2)
+            compared.append((f"@serve.batch (wait {settings.batch_wait_s * 1000:g} ms), router port",
+                             measure(other, args.compare_single, args.compare_seconds)))
+        wrong += sum(c["wrong"] for _, c in compared)
     finally:
         from ray import serve
 
@@ -178,10 +216,18 @@ def main(argv: list[str] | None = None) -> int:
           f"faiss {faiss.__version__} load={os.getloadavg()}")
     print(f"{args.n:,} x {args.bits}-bit codes, {args.shards} shards (flat), 1 replica each, k={args.k}; "
           f"service up in {up_s:.1f}s; client on the same 2-core machine")
+    print(f"fast_path={settings.fast_path}, queries sent to {'the router replica port' if base != proxy else 'the Serve proxy'}"
+          f" ({base})")
     print(f"single-query HTTP latency ({args.single} sequential): p50 {_pct(lat, 50):.2f} ms  p99 {_pct(lat, 99):.2f} ms  "
           f"(in-process faiss single query p50 {statistics.median(single_inproc):.2f} ms)")
     print(f"concurrency {args.concurrency}, {args.seconds:.0f}s: {done / args.seconds:,.0f} queries/s, "
-          f"p50 {_pct(lat_load, 50):.2f} ms  p99 {_pct(lat_load, 99):.2f} ms, {errors} errors")
+          f"p50 {_pct(lat_load, 50):.2f} ms  p99 {_pct(lat_load, 99):.2f} ms, {errors} errors; "
+          f"{per_fanout:.1f} queries per shard fan-out")
+    for label, c in compared:
+        print(f"  compared -- {label}: single p50 {_pct(c['lat'], 50):.2f} ms  p99 {_pct(c['lat'], 99):.2f} ms "
+              f"({len(c['lat'])} sequential); concurrency {args.concurrency}: {c['qps']:,.0f} queries/s, "
+              f"p50 {_pct(c['lat_load'], 50):.2f} ms  p99 {_pct(c['lat_load'], 99):.2f} ms, {c['errors']} errors; "
+              f"{c['per_fanout']:.1f} queries per fan-out")
     print(f"/search/batch ({args.batch} queries/request): {best_batch:,.0f} queries/s best of {args.batch_requests} "
           f"(median {statistics.median(batch_qps):,.0f})")
     print(f"in-process faiss IndexBinaryFlat, same {args.batch} queries: 1 thread {inproc[1]:,.0f} q/s, "

@@ -7,7 +7,8 @@ What one HTTP query costs before any index work, for the hop structures a servic
 * ``ingress+4``: the ingress fans out to 4 no-op deployments with ``asyncio.gather`` -- the hop
   structure of the vhindex service with 4 shards, with zero search work.
 
-For each: single-query latency (``--single`` sequential POSTs on one keep-alive connection, as
+Each is measured through the ingress replica's own port (direct ingress, as ``serve.fast_path`` runs the
+service; ``--fast-path on``, the default) and through Serve's HTTP proxy. For each: single-query latency (``--single`` sequential POSTs on one keep-alive connection, as
 ``bench_serve.py``) and throughput at concurrency ``--concurrency`` for ``--seconds`` (asyncio
 aiohttp client, as ``bench_serve.py``). The client shares the machine with Ray. Usage::
 
@@ -38,17 +39,23 @@ def _apps(fanout: int):  # noqa: ANN202
     from ray import serve
 
     # access logs off, as in the vhindex service (serve.access_log: false)
-    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, logging_config={"enable_access_log": False})
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, logging_config={"enable_access_log": False},
+                      max_ongoing_requests=256)
     class Leaf:
         async def __call__(self, payload: bytes) -> int:
             return len(payload)
 
     app = FastAPI()
 
-    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, logging_config={"enable_access_log": False})
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, logging_config={"enable_access_log": False},
+                      max_ongoing_requests=256)
     @serve.ingress(app)
     class Ingress:
         def __init__(self, *leaves) -> None:  # noqa: ANN002
+            from ray.serve._private import constants as serve_constants
+
+            if serve_constants.RAY_SERVE_USE_GRPC_BY_DEFAULT:  # as cluster.serve.Router: gRPC handles
+                leaves = tuple(h.options(_by_reference=False) for h in leaves)
             self.leaves = leaves
 
         @app.post("/search")
@@ -73,26 +80,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--fanouts", type=int, nargs="+", default=[0, 1, 4])
+    p.add_argument("--fast-path", choices=["on", "off"], default="on",
+                   help="start Ray as serve.fast_path does (throughput-optimized Serve; measure the ingress "
+                        "replica's own port and the proxy)")
     args = p.parse_args(argv)
 
     import requests
     from ray import serve
 
     from cluster.runtime import connect_ray, free_ports
+    from cluster.serve import direct_endpoints, serve_cluster_env
+    from vhindex.config import ServeSection
 
-    started = connect_ray()
-    port = free_ports(1)[0]
+    port, direct_port = free_ports(2)
+    fast = ServeSection(direct_port=direct_port, direct_drain_s=0.5, fast_path=args.fast_path == "on")
+    started = connect_ray(env=serve_cluster_env(fast))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    base = f"http://127.0.0.1:{port}"
+    proxy = f"http://127.0.0.1:{port}"
     payload = b'{"code": "0123456789abcdef", "k": 10}'
     lines = []
     try:
-        for fanout in args.fanouts:
-            name = "ingress" if fanout == 0 else f"ingress+{fanout}"
+        for fanout, via in [(f, v) for f in args.fanouts for v in (("direct", "proxy") if fast.fast_path else ("proxy",))]:
+            name = ("ingress" if fanout == 0 else f"ingress+{fanout}") + f" via {via}"
             serve.run(_apps(fanout), name="floor", route_prefix="/")
             session = requests.Session()
-            while session.get(base + "/healthz", timeout=30).status_code != 200:
+            while session.get(proxy + "/healthz", timeout=30).status_code != 200:
                 time.sleep(0.2)
+            base = direct_endpoints("floor", ask_router=False)[0] if via == "direct" else proxy
             for _ in range(100):
                 session.post(base + "/search", data=payload, headers={"Content-Type": "application/json"})
             lat = []
@@ -102,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 lat.append(1000 * (time.perf_counter() - t0))
                 assert r.status_code == 200, r.text
             done, lat_load, errors = asyncio.run(_load(base, [payload], args.concurrency, args.seconds))
-            line = (f"{name:<10s} single p50 {_pct(lat, 50):6.2f} ms  p99 {_pct(lat, 99):6.2f} ms | concurrency "
+            line = (f"{name:<19s} single p50 {_pct(lat, 50):6.2f} ms  p99 {_pct(lat, 99):6.2f} ms | concurrency "
                     f"{args.concurrency}: {done / args.seconds:6.0f} q/s, p50 {_pct(lat_load, 50):6.2f} ms, "
                     f"p99 {_pct(lat_load, 99):6.2f} ms, {errors} errors")
             print(line, flush=True)

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EncoderServer", "IndexShardServer", "Router", "build_app", "deploy"]
+__all__ = ["AdaptiveBatcher", "EncoderServer", "IndexShardServer", "Router", "build_app", "deploy", "direct_endpoints", "serve_cluster_env"]
 
 from ray import serve  # noqa: E402  (cluster.* may import Ray; vhindex.* never does)
 
@@ -232,6 +232,71 @@ class EncoderServer:
 
 # ---------------------------------------------------------------------------------------- the router
 
+
+class AdaptiveBatcher:
+    """Merges concurrent calls into batches without a timer ("natural" batching).
+
+    A call goes out at once while fewer than ``max_inflight`` batches are running; otherwise it waits
+    and leaves with everything that queued up behind it (at most ``max_size``) as soon as a running
+    batch finishes. An idle service adds no wait; under load batches grow with the load. ``@serve.batch``
+    instead closes a batch ``batch_wait_timeout_s`` after its first item whether or not earlier batches
+    are still running, so under load it sends many small batches (measured: ~1.4 queries per shard
+    fan-out at 16 concurrent clients) and an idle query always pays the wait.
+
+    Args:
+        run: ``async run(items) -> results`` (one result per item, same order, handed back as they
+            are). If ``run`` raises, every caller of that batch gets the exception.
+        max_size: most items per batch.
+        max_inflight: batches running at once.
+    """
+
+    def __init__(self, run: Any, max_size: int, max_inflight: int) -> None:
+        if max_size < 1 or max_inflight < 1:
+            raise ValueError(f"max_size and max_inflight must be >= 1, got {max_size}, {max_inflight}")
+        self.run, self.max_size, self.max_inflight = run, max_size, max_inflight
+        self.pending: list[tuple[Any, asyncio.Future]] = []
+        self.inflight = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, item: Any) -> Any:
+        """Run ``item`` in the next batch; its result (or its exception, raised)."""
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self.pending and self.inflight < self.max_inflight:
+            batch = [(i, f) for i, f in self.pending[: self.max_size] if not f.cancelled()]
+            del self.pending[: self.max_size]
+            if not batch:
+                continue
+            self.inflight += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)  # keep a reference: the loop holds tasks only weakly
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            results = await self.run([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        except asyncio.CancelledError:  # the loop is shutting down: the callers are cancelled too
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as err:  # noqa: BLE001 -- every waiting caller gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+        finally:
+            self.inflight -= 1
+            self._dispatch()
+
+
 app = FastAPI(title="vhindex", description="Hamming top-k over learned binary video codes")
 
 
@@ -252,6 +317,14 @@ class Router:
     """
 
     def __init__(self, shards: list[Any], encoder: Any, settings: dict[str, Any]) -> None:
+        from ray.serve._private import constants as serve_constants
+
+        if serve_constants.RAY_SERVE_USE_GRPC_BY_DEFAULT:
+            # The handles were made where the app was built (by reference: Ray actor calls, unless that
+            # process ran throughput-optimized too). Here they are re-optioned to Serve's gRPC transport:
+            # a 4-shard fan-out costs about half as much on a small machine (benchmarks/bench_serve.py).
+            shards = [h.options(_by_reference=False) for h in shards]
+            encoder = None if encoder is None else encoder.options(_by_reference=False)
         self.shards = shards
         self.encoder = encoder
         self.s = settings
@@ -265,6 +338,9 @@ class Router:
         self.counters = {"fanouts": 0, "queries": 0}  # mean batch = queries / fanouts (in /info)
         self._search_batched.set_max_batch_size(int(settings["batch_max_size"]))
         self._search_batched.set_batch_wait_timeout_s(float(settings["batch_wait_s"]))
+        self._adaptive = AdaptiveBatcher(self._search_many, int(settings["batch_max_size"]),
+                                         int(settings.get("batch_max_inflight", 2)))
+        self._batching = settings.get("batching", "adaptive")
 
     def _set_index(self, url: str) -> None:
         info = _open_index(url, self.storage_options).info()
@@ -437,7 +513,11 @@ class Router:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
     async def _search_batched(self, items: list[tuple[bytes, int, int | None]]) -> list[Any]:
-        """``@serve.batch``: concurrent single queries share one fan-out (k = the largest asked)."""
+        """``@serve.batch`` (``serve.batching: serve_batch``): concurrent single queries share one fan-out."""
+        return await self._search_many(items)
+
+    async def _search_many(self, items: list[tuple[bytes, int, int | None]]) -> list[Any]:
+        """One fan-out for many single queries ``(packed code, k, category)`` (k = the largest asked)."""
         packed = np.stack([np.frombuffer(code, dtype=np.uint8) for code, _, _ in items])
         k = max(k for _, k, _ in items)
         cats = [c for _, _, c in items]
@@ -466,6 +546,14 @@ class Router:
     def _hits(self, dist: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
         return [{"video_id": v, "distance": int(d)} for d, v in zip(dist, ids, strict=True) if v is not None]
 
+    def runtime_mode(self) -> dict[str, Any]:
+        """How Ray Serve runs in this replica's process (control plane: checked by :func:`deploy`)."""
+        from ray.serve._private import constants as c
+
+        return {"direct_ingress": bool(c.RAY_SERVE_ENABLE_DIRECT_INGRESS),
+                "grpc_handles": bool(c.RAY_SERVE_USE_GRPC_BY_DEFAULT),
+                "user_code_on_replica_loop": not c.RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD}
+
     # -- endpoints --------------------------------------------------------------------------------
     @app.post("/search")
     async def search(self, request: Request) -> JSONResponse:
@@ -474,7 +562,8 @@ class Router:
         req = await self._body(request, SearchRequest)
         k = self._check_k(req.k)
         packed = await self._codes([req])
-        out = await self._search_batched((packed[0].tobytes(), k, req.category))
+        item = (packed[0].tobytes(), k, req.category)
+        out = await (self._adaptive.submit(item) if self._batching == "adaptive" else self._search_batched(item))
         if isinstance(out, RequestError):
             raise out
         dist, ids, missing, version = out
@@ -595,11 +684,71 @@ def build_app(args: dict[str, Any]) -> Any:
     return router_dep.bind(shards, encoder, router_settings)
 
 
+#: router replicas of the fast path take ports in [direct_port, direct_port + DIRECT_PORT_SPAN)
+DIRECT_PORT_SPAN = 100
+
+
+def serve_cluster_env(settings: Any) -> dict[str, str]:
+    """Environment the Ray cluster's processes need for ``settings`` (``ServeSection``).
+
+    With ``fast_path`` (the default): Ray Serve's throughput-optimized mode -- router replicas answer
+    HTTP on their own ports (direct ingress: no proxy actor in the request path), deployment handles
+    talk gRPC, user code runs on the replica's event loop -- and the router's port range starting at
+    ``direct_port`` and the router's drain period ``direct_drain_s``. Ray Serve reads these when its processes start, so they must be in the cluster's
+    environment: :func:`cluster.runtime.connect_ray` applies them to a Ray it starts; for a cluster
+    started with ``ray start``, export them before starting it. ``{}`` without ``fast_path``.
+    """
+    if not settings.fast_path:
+        return {}
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.direct_port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.direct_port + DIRECT_PORT_SPAN),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(settings.direct_drain_s)}
+
+
+def direct_endpoints(app_name: str, timeout_s: float = 60.0, *, ask_router: bool = True) -> list[str]:
+    """``http://host:port`` of every running router replica's own HTTP server (fast path), else ``[]``.
+
+    These skip Serve's proxy (one hop less, several ms on small machines); the proxy address keeps
+    working and spreads load over router replicas. Waits up to ``timeout_s`` for the replicas' ports.
+    ``ask_router=False`` skips asking the app whether direct ingress is on (for apps other than
+    vhindex's router, e.g. the benchmarks' no-op apps).
+    """
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    # The controller's target groups are what Serve's own HAProxy integration routes to: the ingress
+    # replicas' ports when direct ingress is on, else the proxies (told apart by the target names).
+    if ask_router:
+        mode = serve.get_app_handle(app_name).runtime_mode.remote().result(timeout_s=timeout_s)
+        if not mode["direct_ingress"]:
+            return []
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        groups = ray.get(controller.get_target_groups.remote(app_name))
+        urls = sorted({f"http://{t.ip}:{t.port}" for g in groups if str(g.protocol).upper().endswith("HTTP")
+                       and getattr(g, "app_name", app_name) == app_name for t in g.targets
+                       if "proxy" not in str(t.name).lower()})
+        if urls or time.monotonic() > deadline:
+            return urls
+        time.sleep(0.2)
+
+
 def deploy(settings: Any, *, blocking: bool = False) -> Any:
     """Start Serve's HTTP proxy on ``settings.host:port`` and run (or update in place) the application.
 
-    Redeploying with another ``index`` but the same shard count hot-swaps without downtime.
+    Redeploying with another ``index`` but the same shard count hot-swaps without downtime. With
+    ``fast_path`` the router replicas also answer on their own ports (:func:`direct_endpoints`) --
+    provided the Ray cluster runs with :func:`serve_cluster_env` (a warning says when it does not).
     """
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    return serve.run(build_app(settings.model_dump(mode="json")), name=settings.app_name,
-                     route_prefix=settings.route_prefix, blocking=blocking)
+    handle = serve.run(build_app(settings.model_dump(mode="json")), name=settings.app_name,
+                       route_prefix=settings.route_prefix, blocking=blocking)
+    if settings.fast_path and not blocking:
+        mode = handle.runtime_mode.remote().result(timeout_s=60)
+        if not mode["direct_ingress"]:
+            logger.warning("serve.fast_path is set but this Ray cluster runs Serve without it (%s); start Ray with "
+                           "%s, or set serve.fast_path: false", mode,
+                           " ".join(f"{k}={v}" for k, v in serve_cluster_env(settings).items()))
+    return handle

@@ -55,10 +55,11 @@ def _build(tmp: Path, name: str, ids: list[str], codes: np.ndarray, shards: int,
     return str(tmp / name)
 
 
-def _settings(index: str, port: int, **kw):
+def _settings(index: str, ports: tuple[int, int], **kw):
     from vhindex.config import ServeSection
 
-    base = dict(index=index, port=port, shard_cpus=0.1, router_cpus=0.1, app_name="t", route_prefix="/")
+    base = dict(index=index, port=ports[0], direct_port=ports[1], shard_cpus=0.1, router_cpus=0.1, app_name="t",
+                route_prefix="/")
     base.update(kw)
     return ServeSection.model_validate(base)
 
@@ -84,11 +85,14 @@ def ray_serve(tmp_path_factory):
     from ray import serve
 
     from cluster.runtime import connect_ray, free_ports
+    from cluster.serve import serve_cluster_env
+    from vhindex.config import ServeSection
 
-    started = connect_ray(num_cpus=4)
-    port = free_ports(1)[0]
+    port, direct_port = free_ports(2)
+    # the product default: Serve throughput-optimized, router replicas answering on their own ports
+    started = connect_ray(num_cpus=4, env=serve_cluster_env(ServeSection(direct_port=direct_port, direct_drain_s=0.5)))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port
+    yield port, direct_port
     serve.shutdown()
     if started:
         ray.shutdown()
@@ -101,39 +105,50 @@ def corpus(tmp_path_factory):
     return tmp, ids, codes
 
 
-def _deploy(settings):
-    from cluster.serve import deploy
+def _deploy(settings, via: str = "direct") -> str:
+    """Deploy; the base URL of the router replica's own port (``direct``) or of Serve's proxy."""
+    from cluster.serve import deploy, direct_endpoints
 
     deploy(settings)
-    base = f"http://127.0.0.1:{settings.port}"
+    proxy = f"http://127.0.0.1:{settings.port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if requests.get(base + "/healthz", timeout=5, headers=_auth(settings)).status_code == 200:
-                return base
+            if requests.get(proxy + "/healthz", timeout=5, headers=_auth(settings)).status_code == 200:
+                break
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    raise AssertionError("service not healthy within 60 s")
+    else:
+        raise AssertionError("service not healthy within 60 s")
+    if via == "proxy":
+        return proxy
+    direct = direct_endpoints(settings.app_name)
+    assert len(direct) == settings.router_replicas, direct
+    port = int(direct[0].rsplit(":", 1)[1])
+    assert settings.direct_port <= port < settings.direct_port + 100, (port, settings.direct_port)
+    return direct[0]
 
 
 def _auth(settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"} if settings.auth_token_env else {}
 
 
-@pytest.mark.parametrize("shards", [1, 3])
-def test_answers_equal_brute_force_over_all_codes(ray_serve, corpus, shards):
+@pytest.mark.parametrize(("shards", "batching"), [(1, "adaptive"), (3, "adaptive"), (3, "serve_batch")])
+def test_answers_equal_brute_force_over_all_codes(ray_serve, corpus, shards, batching):
     tmp, ids, codes = corpus
-    index = _build(tmp, f"idx{shards}", ids, codes, shards)
-    base = _deploy(_settings(index, ray_serve))
+    index = _build(tmp, f"idx{shards}-{batching}", ids, codes, shards)
+    settings = _settings(index, ray_serve, batching=batching)
+    direct = _deploy(settings)
     rng = np.random.default_rng(7)
     queries = codes[rng.integers(0, len(codes), size=25)] ^ rng.integers(0, 2, size=(25, BITS // 8), dtype=np.uint8)
     D_ref, I_ref = _oracle(ids, codes, queries)
-    for k in (1, 10, 57):
-        # single queries, sent concurrently (they share fan-outs through @serve.batch)
+    # the router replica's own port (fast path) and Serve's proxy give the same answers
+    for base, k in [(direct, 1), (direct, 10), (direct, 57), (f"http://127.0.0.1:{settings.port}", 10)]:
+        # single queries, sent concurrently (they share shard fan-outs through the router's batching)
         with ThreadPoolExecutor(8) as pool:
-            replies = list(pool.map(lambda q, k=k: requests.post(base + "/search", json={"code": code_to_hex(q), "k": k},
-                                                                 timeout=30), queries))
+            replies = list(pool.map(lambda q, k=k, base=base: requests.post(
+                base + "/search", json={"code": code_to_hex(q), "k": k}, timeout=30), queries))
         assert all(r.status_code == 200 for r in replies), [r.text for r in replies if r.status_code != 200][:2]
         bodies = [r.json() for r in replies]
         assert not any(b["partial"] for b in bodies)

@@ -180,14 +180,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
     from cluster.runtime import connect_ray
-    from cluster.serve import deploy
+    from cluster.serve import deploy, direct_endpoints, serve_cluster_env
 
     settings = serve_settings(args.serve_config, args.overrides, index=args.index, port=args.port, host=args.host)
-    started = connect_ray()
+    started = connect_ray(env=serve_cluster_env(settings))
     try:
         deploy(settings)
         print(f"vhindex serving {settings.index} at http://{settings.host}:{settings.port}{settings.route_prefix} "
               "(POST /search, /search/batch; GET /healthz, /info) -- Ctrl-C stops", flush=True)
+        direct = direct_endpoints(settings.app_name) if settings.fast_path else []
+        if direct:
+            print("  fast path (router replicas' own ports, no proxy hop): " + ", ".join(direct), flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -442,9 +442,27 @@ class ServeSection(_Section):
     max_body_bytes: int = Field(8_000_000, gt=0, description="Larger request bodies get 413.")
     shard_timeout_s: float = Field(2.0, gt=0.0, description="Per-shard deadline of one fan-out.")
     retries: int = Field(1, ge=0, description="Retries of a shard call that failed (dead replica, timeout).")
-    batch_max_size: int = Field(64, gt=0, description="@serve.batch: single queries merged into one fan-out.")
-    batch_wait_s: float = Field(0.001, ge=0.0, description="@serve.batch wait for more queries.")
+    batching: Literal["adaptive", "serve_batch"] = Field(
+        "adaptive", description="How concurrent single queries share shard fan-outs. adaptive: no timer -- a query "
+                                "goes out at once while fewer than batch_max_inflight fan-outs run, else it joins "
+                                "the next one (batches grow with load, an idle service adds no wait). "
+                                "serve_batch: Ray Serve's @serve.batch (waits up to batch_wait_s to fill a batch).")
+    batch_max_size: int = Field(64, gt=0, description="Most single queries merged into one fan-out.")
+    batch_max_inflight: int = Field(2, gt=0, description="adaptive: fan-outs of single queries in flight at once.")
+    batch_wait_s: float = Field(0.001, ge=0.0, description="serve_batch: @serve.batch wait for more queries.")
     access_log: bool = Field(False, description="Serve access-log lines for every request and shard call.")
+    fast_path: bool = Field(
+        True, description="Run Ray Serve throughput-optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1): router replicas "
+                          "answer HTTP on their own ports (direct ingress, no proxy hop), deployments talk gRPC, user "
+                          "code runs on the replica's event loop. Set in the Ray cluster's environment: applied when "
+                          "vhindex starts Ray; a running cluster must have been started with it (see serve_cluster_env).")
+    direct_port: int = Field(8100, ge=1024, le=65000,
+                             description="fast_path: router replicas listen on the first free ports from here "
+                                         "(one per replica, up to direct_port + 100); the proxy keeps `port`.")
+    direct_drain_s: float = Field(5.0, gt=0.0,
+                                  description="fast_path: a router replica being replaced keeps answering on its port "
+                                              "this long (time for a load balancer in front to deregister it; Serve's "
+                                              "own default is 30 s). Also how long a redeploy or shutdown waits.")
     auth_token_env: str | None = Field(
         None, description="Name of an environment variable holding a bearer token; when set, every request "
                           "must send `Authorization: Bearer <token>` (the token itself never goes in config).")

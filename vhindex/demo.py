@@ -255,7 +255,7 @@ def _serve_and_query(cfg: Config, root: str, so: dict | None, best: str, index: 
         _say(out, "\n(serving skipped: Ray Serve is not installed -- pip install -c constraints.txt 'vhindex[ray]')")
         return
     from cluster.runtime import connect_ray, free_ports
-    from cluster.serve import deploy
+    from cluster.serve import deploy, direct_endpoints, serve_cluster_env
     from vhindex.config import ServeSection
     from vhindex.index.codes import code_to_hex
     from vhindex.index.sharded import IndexSpec, build_sharded_index
@@ -269,15 +269,16 @@ def _serve_and_query(cfg: Config, root: str, so: dict | None, best: str, index: 
     except FileNotFoundError:
         build_sharded_index(f"{root}/codes/{best}/database", url, cfg.demo.serve_shards, spec=IndexSpec("flat", {}),
                             so=so, allow_fewer_shards=True)  # tiny presets have fewer row groups than shards
-    started = connect_ray()
+    port, direct_port = free_ports(2)
+    settings = ServeSection(index=url, storage_options=so or {}, port=port, direct_port=direct_port, shard_cpus=0.25,
+                            router_cpus=0.25, app_name="vhindex-demo", direct_drain_s=0.5)
+    started = connect_ray(env=serve_cluster_env(settings))
     from ray import serve
 
     try:
-        port = free_ports(1)[0]
-        settings = ServeSection(index=url, storage_options=so or {}, port=port, shard_cpus=0.25, router_cpus=0.25,
-                                app_name="vhindex-demo")
         deploy(settings)
-        base = f"http://127.0.0.1:{port}"
+        # the router replica's own port (fast path) when this Ray runs it, else Serve's proxy
+        base = (direct_endpoints(settings.app_name) or [f"http://127.0.0.1:{port}"])[0]
 
         def post(path: str, body: dict) -> dict:
             req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
