@@ -15,7 +15,8 @@ Steps:
     centre with each bit flipped with probability ``--flip``; queries are random database codes
     with each bit flipped with probability ``--query-flip`` (so each query has close neighbours);
     both saved as packed uint8 ``.npy`` (msb0, as vhindex stores codes);
-(c) times vhindex in-process: ``BinaryFlatIndex.add`` (700k string ids + codes), ``search`` of all
+(c) times vhindex in-process, and (``--service-shards``, default 4) the vhindex HTTP service on the same
+    codes (Ray Serve on a local Ray, product defaults; batch via ``/search/batch``, single via ``/search``): ``BinaryFlatIndex.add`` (700k string ids + codes), ``search`` of all
     queries as one batch with 1 and 2 faiss threads (best of ``--repeat``), and single-query calls;
 (d) runs ``benchmarks/milvus_peer.py`` in the Milvus venv on the same ``.npy`` files (BIN_FLAT,
     HAMMING; inserts, flush, index, load; batched search in calls of ``--milvus-batch`` queries,
@@ -41,6 +42,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -162,6 +164,81 @@ def bench_vhindex(codes: np.ndarray, queries: np.ndarray, k: int, threads: list[
             flush=True,
         )
     out["D"], out["I"] = D, I
+    return out
+
+
+def bench_service(codes: np.ndarray, queries: np.ndarray, k: int, shards: int, repeat: int, single: int,
+                  work: Path) -> dict:
+    """The vhindex HTTP service on the same codes: ``shards`` flat shards, Ray Serve on a local Ray with the
+    product defaults (fast path: queries to the router replica's own port), client on this machine."""
+    import json as _json
+
+    import ray
+    import requests
+    from ray import serve
+
+    from cluster.runtime import connect_ray, free_ports
+    from cluster.serve import deploy, direct_endpoints, serve_cluster_env
+    from vhindex.config import ServeSection
+    from vhindex.data.schema import CodesDatasetMeta
+    from vhindex.data.writer import CodesDatasetWriter
+    from vhindex.index.codes import code_to_hex
+    from vhindex.index.sharded import IndexSpec, build_sharded_index
+
+    bits, nq = codes.shape[1] * 8, queries.shape[0]
+    codes_url, index_url = work / "service-codes", work / "service-index"
+    for d in (codes_url, index_url):
+        shutil.rmtree(d, ignore_errors=True)
+    t0 = time.perf_counter()
+    rg = max(1, min(10_000, codes.shape[0] // (4 * shards)))  # enough row groups for balanced shards
+    with CodesDatasetWriter(str(codes_url), CodesDatasetMeta(bits=bits, model="bench"), rows_per_file=200_000,
+                            row_group_size=rg) as w:
+        w.write([f"v{i}" for i in range(codes.shape[0])], codes)
+    build_sharded_index(str(codes_url), str(index_url), shards, spec=IndexSpec("flat", {}))
+    build_s = time.perf_counter() - t0
+    port, direct_port = free_ports(2)
+    settings = ServeSection(index=str(index_url), port=port, direct_port=direct_port, shard_cpus=0.25,
+                            router_cpus=0.25, app_name="bench-milvus", direct_drain_s=1.0)
+    started = connect_ray(env=serve_cluster_env(settings))
+    out: dict = {"build_s": build_s, "shards": shards}
+    try:
+        deploy(settings)
+        base = (direct_endpoints(settings.app_name) or [f"http://127.0.0.1:{port}"])[0]
+        out["via"] = "router port" if not base.endswith(f":{port}") else "Serve proxy"
+        session = requests.Session()
+        while session.get(base + "/healthz", timeout=30).status_code != 200:
+            time.sleep(0.2)
+        hexes = [code_to_hex(q) for q in queries]
+
+        def to_arrays(results: list[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
+            D = np.array([[h["distance"] for h in hits] for hits in results], dtype=np.int32)
+            I = np.array([[int(h["video_id"][1:]) for h in hits] for hits in results], dtype=np.int64)
+            return D, I
+
+        body = _json.dumps({"queries": [{"code": h} for h in hexes], "k": k})
+        walls = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            r = session.post(base + "/search/batch", data=body, headers={"Content-Type": "application/json"})
+            walls.append(time.perf_counter() - t0)
+            r.raise_for_status()
+        out["D"], out["I"] = to_arrays(r.json()["results"])
+        out["qps"] = nq / min(walls)
+        ns = min(single, nq)
+        lat, results = np.empty(ns), []
+        for j in range(ns):
+            payload = _json.dumps({"code": hexes[j], "k": k})
+            t0 = time.perf_counter()
+            r = session.post(base + "/search", data=payload, headers={"Content-Type": "application/json"})
+            lat[j] = 1e3 * (time.perf_counter() - t0)
+            results.append(r.json()["results"])
+        out["single_D"], out["single_I"] = to_arrays(results)
+        out.update(single_n=ns, p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)))
+        print(f"service: batch {out['qps']:,.0f} qps, single p50 {out['p50_ms']:.2f} ms via {out['via']}", flush=True)
+    finally:
+        serve.shutdown()
+        if started:
+            ray.shutdown()
     return out
 
 
@@ -341,6 +418,12 @@ def render(
             f"| vhindex in-process, {t} thread{'s' if t > 1 else ''} | {vh['build_s']:.2f} | {b['qps']:,.0f} | "
             f"{s.get('p50_ms', float('nan')):.3f} | {s.get('p99_ms', float('nan')):.3f} | **{b['qps'] / mq:,.1f}x** |"
         )
+    sv = vh.get("service")
+    if sv:
+        lines.append(
+            f"| vhindex HTTP service (Ray Serve, {sv['shards']} shards, {sv['via']}, client on this machine) | "
+            f"{sv['build_s']:.2f} | {sv['qps']:,.0f} | {sv['p50_ms']:.3f} | {sv['p99_ms']:.3f} | **{sv['qps'] / mq:,.1f}x** |"
+        )
     lines.append(
         f"| Milvus Lite (server, gRPC/UDS) | {mv['build_s']:.2f} | {mq:,.0f} | {mv.get('single_p50_ms', float('nan')):.3f} | "
         f"{mv.get('single_p99_ms', float('nan')):.3f} | 1.0x |"
@@ -417,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--milvus-insert-batch", type=int, default=100_000, help="rows per Milvus insert call")
     ap.add_argument("--venv", default="bench-work/milvus-venv", help="Milvus venv (relative to the repo)")
     ap.add_argument("--work", default="bench-work/milvus-bench", help="folder for the .npy files and peer output")
+    ap.add_argument("--service-shards", type=int, default=4,
+                    help="also serve the codes over HTTP (vhindex service, this many shards); 0 skips it")
     ap.add_argument("--report", default="benchmarks/results/bench_milvus.md", help="markdown output ('' for none)")
     args = ap.parse_args(argv)
     if args.bits <= 0 or args.bits % 8:
@@ -448,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     vh = bench_vhindex(codes, queries, args.k, threads, args.repeat, args.single)
+    if args.service_shards:
+        vh["service"] = bench_service(codes, queries, args.k, args.service_shards, args.repeat, args.single, work)
     mv = run_milvus(venv_info["python"], codes_npy, queries_npy, work, args)
 
     t0 = time.perf_counter()
@@ -461,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         ns = vh["single"][t]["n"]
         problems[f"vhindex single ({t} thr)"] = check_answers(
             "vhindex single", vh["single"][t]["D"], vh["single"][t]["I"], codes, queries[:ns], D_true[:ns]
+        )
+    if "service" in vh:
+        sv = vh["service"]
+        problems["vhindex HTTP service batch"] = check_answers("service", sv["D"], sv["I"], codes, queries, D_true)
+        problems["vhindex HTTP service single"] = check_answers(
+            "service single", sv["single_D"], sv["single_I"], codes, queries[: sv["single_n"]], D_true[: sv["single_n"]]
         )
     problems["Milvus Lite batch"] = check_answers("milvus", mv["D"], mv["I"], codes, queries, D_true)
     ns = mv["single_D"].shape[0]
@@ -484,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {rp}")
     for f in (codes_npy, queries_npy, work / "milvus_result.json", Path(mv["results_npz"])):
         f.unlink(missing_ok=True)
+    for d in (work / "service-codes", work / "service-index"):
+        shutil.rmtree(d, ignore_errors=True)
     with contextlib.suppress(OSError):
         work.rmdir()  # only if empty
     return 0 if checks["ok"] else 1
