@@ -8,8 +8,12 @@ Deployments (built by :func:`build_app` from a sharded index, :mod:`vhindex.inde
   answer ``reconstruct`` for search-by-video-id, report health (``check_health``).
 * ``Encoder`` (:class:`EncoderServer`, only with ``serve.model``): frame features -> packed codes.
 * ``Router`` (:class:`Router`, the FastAPI ingress): validation, auth, fan-out with ``asyncio``,
-  per-shard deadline, one retry on a dead replica, exact merge, ``@serve.batch`` so concurrent
-  single queries share one fan-out.
+  per-shard deadline, retries on a dead replica, exact merge; concurrent single queries share one
+  fan-out (:class:`AdaptiveBatcher`, timer-free; or Ray Serve's ``@serve.batch``).
+
+Fast path (``serve.fast_path``, default): the Ray cluster runs Serve throughput-optimized
+(:func:`serve_cluster_env`): router replicas answer HTTP on their own ports (:func:`direct_endpoints`)
+besides Serve's proxy, and the router calls the shards over Serve's gRPC transport.
 
 Endpoints: ``POST /search`` (one query: ``code`` hex, ``video_id`` or ``features``), ``POST
 /search/batch`` (``queries``: a list of those), ``GET /healthz``, ``GET /info``. Bad requests get a
@@ -339,8 +343,8 @@ class Router:
         self._search_batched.set_max_batch_size(int(settings["batch_max_size"]))
         self._search_batched.set_batch_wait_timeout_s(float(settings["batch_wait_s"]))
         self._adaptive = AdaptiveBatcher(self._search_many, int(settings["batch_max_size"]),
-                                         int(settings.get("batch_max_inflight", 2)))
-        self._batching = settings.get("batching", "adaptive")
+                                         int(settings["batch_max_inflight"]))
+        self._batching = settings["batching"]
 
     def _set_index(self, url: str) -> None:
         info = _open_index(url, self.storage_options).info()
@@ -611,7 +615,7 @@ class Router:
         info = dict(self.info_cache)
         info.update(serving_version=self.version, pending_version=self.target if self.target != self.version else None,
                     max_k=self.s["max_k"], max_batch=self.s["max_batch"], feature_queries=self.encoder is not None,
-                    router_counters=dict(self.counters))
+                    router_counters=dict(self.counters), batching=self._batching, serve_mode=self.runtime_mode())
         return JSONResponse(json.loads(json.dumps(info, default=str)))
 
 
@@ -693,10 +697,11 @@ def serve_cluster_env(settings: Any) -> dict[str, str]:
 
     With ``fast_path`` (the default): Ray Serve's throughput-optimized mode -- router replicas answer
     HTTP on their own ports (direct ingress: no proxy actor in the request path), deployment handles
-    talk gRPC, user code runs on the replica's event loop -- and the router's port range starting at
-    ``direct_port`` and the router's drain period ``direct_drain_s``. Ray Serve reads these when its processes start, so they must be in the cluster's
-    environment: :func:`cluster.runtime.connect_ray` applies them to a Ray it starts; for a cluster
-    started with ``ray start``, export them before starting it. ``{}`` without ``fast_path``.
+    talk gRPC, user code runs on the replica's event loop -- plus the router's port range (from
+    ``direct_port``) and drain period (``direct_drain_s``). Ray Serve reads these when its processes
+    start, so they must be in the cluster's environment: :func:`cluster.runtime.connect_ray` applies
+    them to a Ray it starts; for a cluster started with ``ray start``, export them before starting it.
+    ``{}`` without ``fast_path``.
     """
     if not settings.fast_path:
         return {}

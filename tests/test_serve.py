@@ -172,6 +172,8 @@ def test_answers_equal_brute_force_over_all_codes(ray_serve, corpus, shards, bat
     info = requests.get(base + "/info", timeout=10).json()
     assert info["num_shards"] == shards and info["bits"] == BITS and sum(info["counts"]) == len(ids)
     assert info["serving_version"] == info["index_version"]
+    assert info["batching"] == batching and info["serve_mode"]["direct_ingress"] is True
+    assert info["router_counters"]["queries"] >= 8 * len(queries)  # 4 rounds of singles + 4 batches, all fanned out
 
 
 def test_bad_requests_get_clear_4xx_and_the_service_keeps_serving(ray_serve, corpus, monkeypatch):
