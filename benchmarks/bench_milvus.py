@@ -178,7 +178,7 @@ def bench_service(codes: np.ndarray, queries: np.ndarray, k: int, shards: int, r
     from ray import serve
 
     from cluster.runtime import connect_ray, free_ports
-    from cluster.serve import deploy, direct_endpoints, serve_cluster_env
+    from cluster.serve import deploy, serve_cluster_env, service_url
     from vhindex.config import ServeSection
     from vhindex.data.schema import CodesDatasetMeta
     from vhindex.data.writer import CodesDatasetWriter
@@ -203,7 +203,7 @@ def bench_service(codes: np.ndarray, queries: np.ndarray, k: int, shards: int, r
     out: dict = {"build_s": build_s, "shards": shards}
     try:
         deploy(settings)
-        base = (direct_endpoints(settings.app_name) or [f"http://127.0.0.1:{port}"])[0]
+        base = service_url(settings)
         out["via"] = "router port" if not base.endswith(f":{port}") else "Serve proxy"
         session = requests.Session()
         while session.get(base + "/healthz", timeout=30).status_code != 200:

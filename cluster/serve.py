@@ -42,7 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaptiveBatcher", "EncoderServer", "IndexShardServer", "Router", "build_app", "deploy", "direct_endpoints", "serve_cluster_env"]
+__all__ = ["AdaptiveBatcher", "EncoderServer", "IndexShardServer", "Router", "build_app", "deploy", "direct_endpoints",
+           "serve_cluster_env", "service_url"]
 
 from ray import serve  # noqa: E402  (cluster.* may import Ray; vhindex.* never does)
 
@@ -738,6 +739,14 @@ def direct_endpoints(app_name: str, timeout_s: float = 60.0, *, ask_router: bool
         if urls or time.monotonic() > deadline:
             return urls
         time.sleep(0.2)
+
+
+def service_url(settings: Any) -> str:
+    """Where a client on this machine should send queries: the first router replica's own port when
+    the fast path runs (:func:`direct_endpoints`), else Serve's proxy on ``settings.host:port``."""
+    direct = direct_endpoints(settings.app_name) if settings.fast_path else []
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return direct[0] if direct else f"http://{host}:{settings.port}"
 
 
 def deploy(settings: Any, *, blocking: bool = False) -> Any:

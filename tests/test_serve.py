@@ -127,6 +127,9 @@ def _deploy(settings, via: str = "direct") -> str:
     assert len(direct) == settings.router_replicas, direct
     port = int(direct[0].rsplit(":", 1)[1])
     assert settings.direct_port <= port < settings.direct_port + 100, (port, settings.direct_port)
+    from cluster.serve import service_url
+
+    assert service_url(settings) == direct[0]
     return direct[0]
 
 

@@ -47,6 +47,9 @@ def test_classic_serve_answers_equal_brute_force_and_fast_path_is_reported_missi
         base = _deploy(_settings(index, classic_serve, fast_path=True), via="proxy")
     assert any("runs Serve without it" in r.getMessage() for r in caplog.records), caplog.text
     assert direct_endpoints("t", timeout_s=5) == []
+    from cluster.serve import service_url
+
+    assert service_url(_settings(index, classic_serve)) == base  # falls back to Serve's proxy
     rng = np.random.default_rng(9)
     queries = codes[rng.integers(0, len(codes), size=30)] ^ rng.integers(0, 2, size=(30, 8), dtype=np.uint8)
     D_ref, I_ref = _oracle(ids, codes, queries)

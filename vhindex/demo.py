@@ -255,7 +255,7 @@ def _serve_and_query(cfg: Config, root: str, so: dict | None, best: str, index: 
         _say(out, "\n(serving skipped: Ray Serve is not installed -- pip install -c constraints.txt 'vhindex[ray]')")
         return
     from cluster.runtime import connect_ray, free_ports
-    from cluster.serve import deploy, direct_endpoints, serve_cluster_env
+    from cluster.serve import deploy, serve_cluster_env, service_url
     from vhindex.config import ServeSection
     from vhindex.index.codes import code_to_hex
     from vhindex.index.sharded import IndexSpec, build_sharded_index
@@ -278,7 +278,7 @@ def _serve_and_query(cfg: Config, root: str, so: dict | None, best: str, index: 
     try:
         deploy(settings)
         # the router replica's own port (fast path) when this Ray runs it, else Serve's proxy
-        base = (direct_endpoints(settings.app_name) or [f"http://127.0.0.1:{port}"])[0]
+        base = service_url(settings)
 
         def post(path: str, body: dict) -> dict:
             req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
