@@ -5,7 +5,9 @@ Builds (once, cached in ``--work``) 700,000 seeded clustered 64-bit codes as a c
 defaults (``serve.fast_path``: Serve throughput-optimized, queries sent to the router replica's own port;
 adaptive batching), then measures:
 
-* single-query latency: ``--single`` sequential ``POST /search`` (k = 10) on one keep-alive connection;
+* single-query latency: ``--single`` sequential ``POST /search`` (k = 10) on one keep-alive
+  ``http.client`` connection; every ``--requests-every``-th query is also sent through ``requests``
+  (interleaved) to show what a heavier client adds on the shared cores;
 * sustained throughput at concurrency ``--concurrency`` (16): an asyncio client (aiohttp) keeps that
   many requests in flight for ``--seconds``; qps and the latency percentiles under load;
 * ``POST /search/batch`` with 1,000 queries per request: queries/s;
@@ -41,6 +43,29 @@ def _codes(n: int, bits: int, seed: int) -> np.ndarray:
     centres = rng.integers(0, 256, size=(2_000, bits // 8), dtype=np.uint8)
     codes = centres[rng.integers(0, len(centres), size=n)]
     return codes ^ np.packbits(rng.random((n, bits)) < 0.15, axis=1)
+
+
+class _LeanClient:
+    """One keep-alive HTTP/1.1 connection (``http.client``): the lightest standard client.
+
+    The client shares the 2 cores with the service; ``requests`` spends ~1 ms of Python per call
+    (measured side by side in every run), which is the client's cost, not the service's.
+    """
+
+    def __init__(self, url: str) -> None:
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+
+    def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
+        self.conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -84,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--batch", type=int, default=1_000)
     p.add_argument("--batch-requests", type=int, default=5)
+    p.add_argument("--requests-every", type=int, default=3,
+                   help="also time every n-th single query through `requests` (interleaved, for the comparison)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast-path", choices=["on", "off"], default="on",
                    help="serve.fast_path (Serve throughput-optimized + direct ingress), the product default")
@@ -158,19 +185,27 @@ def main(argv: list[str] | None = None) -> int:
     base = endpoints[0] if endpoints and args.via == "direct" else proxy
     def measure(url: str, n_single: int, seconds: float) -> dict:
         """Sequential single queries (answers checked), then `--concurrency` clients for `seconds`."""
+        lean = _LeanClient(url)
         for pl in payloads[:50]:  # warm-up
+            lean.post_json("/search", pl)
             session.post(url + "/search", data=pl, headers={"Content-Type": "application/json"})
-        lat, bad = [], 0
+        lat, lat_requests, bad = [], [], 0
         for i, pl in enumerate(payloads[:n_single]):
             t0 = time.perf_counter()
-            r = session.post(url + "/search", data=pl, headers={"Content-Type": "application/json"})
+            status, body = lean.post_json("/search", pl)
             lat.append(1000 * (time.perf_counter() - t0))
-            got = [h["distance"] for h in r.json()["results"]]
+            got = [h["distance"] for h in json.loads(body)["results"]]
             bad += got != D_ref[i].tolist() if i < args.batch else 0
+            if i % args.requests_every == 0:  # the same query again through `requests`, interleaved
+                t0 = time.perf_counter()
+                r = session.post(url + "/search", data=pl, headers={"Content-Type": "application/json"})
+                lat_requests.append(1000 * (time.perf_counter() - t0))
+                bad += [h["distance"] for h in r.json()["results"]] != D_ref[i].tolist() if i < args.batch else 0
+        lean.close()
         before = session.get(url + "/info", timeout=30).json()["router_counters"]
         n_done, lat_load, n_errors = asyncio.run(_load(url, payloads, args.concurrency, seconds))
         after = session.get(url + "/info", timeout=30).json()["router_counters"]
-        return {"lat": lat, "wrong": bad, "qps": n_done / seconds, "lat_load": lat_load, "errors": n_errors,
+        return {"lat": lat, "lat_requests": lat_requests, "wrong": bad, "qps": n_done / seconds, "lat_load": lat_load, "errors": n_errors,
                 "per_fanout": (after["queries"] - before["queries"]) / max(1, after["fanouts"] - before["fanouts"])}
 
     payloads = [json.dumps({"code": code_to_hex(q), "k": args.k}).encode() for q in queries[: args.single]]
@@ -219,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fast_path={settings.fast_path}, queries sent to {'the router replica port' if base != proxy else 'the Serve proxy'}"
           f" ({base})")
     print(f"single-query HTTP latency ({args.single} sequential): p50 {_pct(lat, 50):.2f} ms  p99 {_pct(lat, 99):.2f} ms  "
-          f"(in-process faiss single query p50 {statistics.median(single_inproc):.2f} ms)")
+          f"(in-process faiss single query p50 {statistics.median(single_inproc):.2f} ms); client: http.client, "
+          f"one keep-alive connection")
+    print(f"  same queries interleaved through `requests` ({len(main_run['lat_requests'])}): "
+          f"p50 {_pct(main_run['lat_requests'], 50):.2f} ms  p99 {_pct(main_run['lat_requests'], 99):.2f} ms "
+          f"(the difference is client-side Python on the shared cores)")
     print(f"concurrency {args.concurrency}, {args.seconds:.0f}s: {done / args.seconds:,.0f} queries/s, "
           f"p50 {_pct(lat_load, 50):.2f} ms  p99 {_pct(lat_load, 99):.2f} ms, {errors} errors; "
           f"{per_fanout:.1f} queries per shard fan-out")

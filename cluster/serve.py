@@ -144,6 +144,7 @@ class IndexShardServer:
             self.mask_table = MaskTable.load(mask_table, storage_options)
         self.versions: dict[str, Any] = {}
         self.current: str | None = None
+        self._plane: Any = None  # cluster.dataplane.ShardDataServer, started by the first data_endpoint()
 
     def _load(self, url: str) -> None:
         sharded = _open_index(url, self.storage_options)
@@ -198,6 +199,22 @@ class IndexShardServer:
         else:
             dist, ids = await asyncio.to_thread(shard.search, packed, k, **kwargs)
         return dist, ids, version or self.current
+
+    async def data_endpoint(self) -> dict[str, Any]:
+        """Start (once) this replica's direct search endpoint; ``{"host", "port", "secret", "shard_id", "pid"}``.
+
+        The router calls this through a Serve handle (the authenticated control plane) and then sends
+        searches straight to the endpoint (:mod:`cluster.dataplane`).
+        """
+        from cluster.dataplane import ShardDataServer
+
+        if self._plane is None:
+            import ray
+
+            self._plane = ShardDataServer(self.search, ray.util.get_node_ip_address(),
+                                          [(VersionNotLoaded, "version"), (LookupError, "lookup")])
+        endpoint = await self._plane.start()
+        return {**endpoint, "shard_id": self.shard_id, "pid": os.getpid()}
 
     async def reconstruct(self, video_ids: list[str], version: str | None = None) -> list[bytes | None]:
         """Packed codes of the ``video_ids`` this shard holds (``None`` for the others)."""
@@ -340,7 +357,13 @@ class Router:
         self.target: str | None = None
         self._swap_task: asyncio.Task | None = None
         self.encoder_info: dict[str, Any] | None = None
-        self.counters = {"fanouts": 0, "queries": 0}  # mean batch = queries / fanouts (in /info)
+        # mean batch = queries / fanouts; shard searches by transport (direct data plane or Serve handle)
+        self.counters = {"fanouts": 0, "queries": 0, "direct_calls": 0, "handle_calls": 0, "direct_failures": 0}
+        self._data_plane = bool(settings.get("data_plane", True))
+        self._planes: dict[int, list[Any]] = {}  # shard -> DataPlaneClient per live replica
+        self._plane_refresh_at = [0.0] * len(shards)
+        self._plane_tasks: dict[int, asyncio.Task] = {}
+        self._plane_rr = 0
         self._search_batched.set_max_batch_size(int(settings["batch_max_size"]))
         self._search_batched.set_batch_wait_timeout_s(float(settings["batch_wait_s"]))
         self._adaptive = AdaptiveBatcher(self._search_many, int(settings["batch_max_size"]),
@@ -489,13 +512,82 @@ class Router:
         assert last is not None
         raise last
 
+    # -- the direct data plane (cluster.dataplane) ---------------------------------------------------
+    #: seconds between data-endpoint refreshes of a shard (new replicas are found within this time)
+    PLANE_REFRESH_S = 5.0
+    #: after a failed connection, wait at least this long before asking the shard's replicas again
+    PLANE_RETRY_S = 1.0
+
+    async def _search_shard(self, s: int, packed: np.ndarray, k: int, categories: np.ndarray | None,
+                            version: str | None) -> Any:
+        """Search shard ``s``: over a replica's direct endpoint when one is known, else (or when that
+        fails in any way) through the Serve handle with its deadline and retries."""
+        from cluster.dataplane import DataPlaneError, RemoteShardError
+
+        if self._data_plane:
+            self._maybe_refresh_plane(s)
+            clients = self._planes.get(s)
+            if clients:
+                client = clients[self._plane_rr % len(clients)]
+                self._plane_rr += 1
+                try:
+                    out = await client.search(packed, k, categories, version, float(self.s["shard_timeout_s"]))
+                    self.counters["direct_calls"] += 1
+                    return out
+                except RemoteShardError as err:
+                    if err.kind == "lookup":  # the caller's mistake (e.g. no mask table): 400, like the handle path
+                        raise LookupError(err.message) from None
+                    # e.g. this replica has not loaded `version` yet: the handle path retries on another one
+                    self.counters["direct_failures"] += 1
+                    logger.info("shard %d direct search answered %s; using the Serve handle", s, err)
+                except DataPlaneError as err:
+                    self.counters["direct_failures"] += 1
+                    logger.warning("shard %d data plane %s:%d failed (%s); using the Serve handle",
+                                   s, client.host, client.port, err)
+                    self._drop_plane_client(s, client)
+        self.counters["handle_calls"] += 1
+        return await self._call(s, "search", packed, k, categories, version=version)
+
+    def _maybe_refresh_plane(self, s: int) -> None:
+        now = time.monotonic()
+        if now >= self._plane_refresh_at[s] and s not in self._plane_tasks:
+            self._plane_refresh_at[s] = now + self.PLANE_REFRESH_S
+            task = asyncio.get_running_loop().create_task(self._refresh_plane(s))
+            self._plane_tasks[s] = task
+
+    async def _refresh_plane(self, s: int) -> None:
+        """Ask every live replica of shard ``s`` for its data endpoint; keep pools of known ones."""
+        from cluster.dataplane import DataPlaneClient
+
+        try:
+            replies = await self.shards[s].broadcast("data_endpoint").results_async(timeout_s=5.0,
+                                                                                  return_exceptions=True)
+            endpoints = [r for r in replies if isinstance(r, dict)]
+            known = {c.key: c for c in self._planes.get(s, [])}
+            fresh = []
+            for e in endpoints:
+                key = (str(e["host"]), int(e["port"]), str(e["secret"]))
+                fresh.append(known.pop(key) if key in known else DataPlaneClient(e))
+            for gone in known.values():
+                gone.close()
+            self._planes[s] = fresh
+        except Exception as err:  # noqa: BLE001 -- shard restarting: the handle path serves meanwhile
+            logger.info("shard %d: data endpoints not available yet (%s)", s, err)
+        finally:
+            self._plane_tasks.pop(s, None)
+
+    def _drop_plane_client(self, s: int, client: Any) -> None:
+        client.close()
+        self._planes[s] = [c for c in self._planes.get(s, []) if c is not client]
+        self._plane_refresh_at[s] = min(self._plane_refresh_at[s], time.monotonic() + self.PLANE_RETRY_S)
+
     async def _fanout(self, packed: np.ndarray, k: int, categories: np.ndarray | None) -> dict[str, Any]:
         from vhindex.index.sharded import merge_topk
 
         version = self.version  # one version for the whole fan-out, reported with the answer
         self.counters["fanouts"] += 1
         self.counters["queries"] += int(packed.shape[0])
-        replies = await asyncio.gather(*[self._call(s, "search", packed, k, categories, version=version)
+        replies = await asyncio.gather(*[self._search_shard(s, packed, k, categories, version)
                                          for s in range(len(self.shards))], return_exceptions=True)
         parts, missing = [], []
         for s, reply in enumerate(replies):
@@ -616,14 +708,16 @@ class Router:
         info = dict(self.info_cache)
         info.update(serving_version=self.version, pending_version=self.target if self.target != self.version else None,
                     max_k=self.s["max_k"], max_batch=self.s["max_batch"], feature_queries=self.encoder is not None,
-                    router_counters=dict(self.counters), batching=self._batching, serve_mode=self.runtime_mode())
+                    router_counters=dict(self.counters), batching=self._batching, serve_mode=self.runtime_mode(),
+                    data_plane={"enabled": self._data_plane,
+                                "endpoints": {str(s): len(self._planes.get(s, [])) for s in range(len(self.shards))}})
         return JSONResponse(json.loads(json.dumps(info, default=str)))
 
 
 # ------------------------------------------------------------------------------------- application
 
 #: bump when the deployment classes change behaviour (part of every deployment's code version)
-_CODE_VERSION = "serve-1"
+_CODE_VERSION = "serve-2"
 
 
 def build_app(args: dict[str, Any]) -> Any:

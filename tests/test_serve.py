@@ -137,12 +137,30 @@ def _auth(settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"} if settings.auth_token_env else {}
 
 
-@pytest.mark.parametrize(("shards", "batching"), [(1, "adaptive"), (3, "adaptive"), (3, "serve_batch")])
-def test_answers_equal_brute_force_over_all_codes(ray_serve, corpus, shards, batching):
+def _wait_for_data_plane(base: str, shards: int, replicas: int = 1, timeout_s: float = 30) -> None:
+    """Query until the router knows every shard replica's direct endpoint (found in the background)."""
+    deadline = time.monotonic() + timeout_s
+    probe = {"code": "00" * (BITS // 8), "k": 1}
+    while True:
+        requests.post(base + "/search", json=probe, timeout=30)
+        endpoints = requests.get(base + "/info", timeout=10).json()["data_plane"]["endpoints"]
+        if all(endpoints.get(str(s), 0) >= replicas for s in range(shards)):
+            return
+        assert time.monotonic() < deadline, f"data plane endpoints never found: {endpoints}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(("shards", "batching", "data_plane"),
+                         [(1, "adaptive", True), (3, "adaptive", True), (3, "serve_batch", True),
+                          (3, "adaptive", False)])
+def test_answers_equal_brute_force_over_all_codes(ray_serve, corpus, shards, batching, data_plane):
     tmp, ids, codes = corpus
-    index = _build(tmp, f"idx{shards}-{batching}", ids, codes, shards)
-    settings = _settings(index, ray_serve, batching=batching)
+    index = _build(tmp, f"idx{shards}-{batching}-{data_plane}", ids, codes, shards)
+    settings = _settings(index, ray_serve, batching=batching, data_plane=data_plane)
     direct = _deploy(settings)
+    if data_plane:
+        _wait_for_data_plane(direct, shards)
+    before = requests.get(direct + "/info", timeout=10).json()["router_counters"]
     rng = np.random.default_rng(7)
     queries = codes[rng.integers(0, len(codes), size=25)] ^ rng.integers(0, 2, size=(25, BITS // 8), dtype=np.uint8)
     D_ref, I_ref = _oracle(ids, codes, queries)
@@ -177,6 +195,14 @@ def test_answers_equal_brute_force_over_all_codes(ray_serve, corpus, shards, bat
     assert info["serving_version"] == info["index_version"]
     assert info["batching"] == batching and info["serve_mode"]["direct_ingress"] is True
     assert info["router_counters"]["queries"] >= 8 * len(queries)  # 4 rounds of singles + 4 batches, all fanned out
+    # which transport carried the shard searches: all direct once the endpoints are known, else all handles
+    calls = {key: info["router_counters"][key] - before[key] for key in ("direct_calls", "handle_calls")}
+    assert info["data_plane"]["enabled"] is data_plane
+    if data_plane:
+        assert calls["direct_calls"] >= 8 * shards and calls["handle_calls"] == 0, calls
+        assert info["router_counters"]["direct_failures"] == 0
+    else:
+        assert calls["direct_calls"] == 0 and calls["handle_calls"] >= 8 * shards, calls
 
 
 def test_bad_requests_get_clear_4xx_and_the_service_keeps_serving(ray_serve, corpus, monkeypatch):
@@ -237,6 +263,7 @@ def test_killing_a_replica_under_load_gives_no_wrong_answers(ray_serve, corpus):
     while len(_replica_pids("Shard0")) < 2:
         assert time.monotonic() < deadline, "second replica never came up"
         time.sleep(0.5)
+    _wait_for_data_plane(base, 2, replicas=2)  # the kill must hit live direct connections
     rng = np.random.default_rng(3)
     queries = codes[rng.integers(0, len(codes), size=400)]
     D_ref, I_ref = _oracle(ids, codes, queries)
@@ -259,6 +286,10 @@ def test_killing_a_replica_under_load_gives_no_wrong_answers(ray_serve, corpus):
     rows = [i for i, _ in good]
     D, I = _as_arrays([o["results"] for _, o in good], 10)
     assert_same_knn(D, I, D_ref[rows], I_ref[rows])  # no wrong answers among the successes
+    counters = requests.get(base + "/info", timeout=10).json()["router_counters"]
+    # the direct data plane carried the load; calls that met the dead replica (a reset connection, or no
+    # endpoint left until the next refresh) went through the Serve handle -- which one depends on timing
+    assert counters["direct_calls"] > 0, counters
 
 
 def test_hot_swap_serves_one_version_at_a_time(ray_serve, corpus, tmp_path):

@@ -450,6 +450,9 @@ class ServeSection(_Section):
     batch_max_size: int = Field(64, gt=0, description="Most single queries merged into one fan-out.")
     batch_max_inflight: int = Field(2, gt=0, description="adaptive: fan-outs of single queries in flight at once.")
     batch_wait_s: float = Field(0.001, ge=0.0, description="serve_batch: @serve.batch wait for more queries.")
+    data_plane: bool = Field(
+        True, description="router -> shard searches over direct TCP connections to the shard replicas (Serve stays "
+                          "the control plane; any failure falls back to the Serve handle). false: Serve handles only.")
     access_log: bool = Field(False, description="Serve access-log lines for every request and shard call.")
     fast_path: bool = Field(
         True, description="Run Ray Serve throughput-optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1): router replicas "
