@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         before = session.get(url + "/info", timeout=30).json()["router_counters"]
         n_done, lat_load, n_errors = asyncio.run(_load(url, payloads, args.concurrency, seconds))
         after = session.get(url + "/info", timeout=30).json()["router_counters"]
-        return {"lat": lat, "lat_requests": lat_requests, "wrong": bad, "qps": n_done / seconds, "lat_load": lat_load, "errors": n_errors,
+        moved = {key: after[key] - before[key] for key in ("direct_calls", "handle_calls")}
+        return {"lat": lat, "lat_requests": lat_requests, "wrong": bad, "transport": moved, "qps": n_done / seconds, "lat_load": lat_load, "errors": n_errors,
                 "per_fanout": (after["queries"] - before["queries"]) / max(1, after["fanouts"] - before["fanouts"])}
 
     payloads = [json.dumps({"code": code_to_hex(q), "k": args.k}).encode() for q in queries[: args.single]]
@@ -234,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
             compared.append((f"@serve.batch (wait {settings.batch_wait_s * 1000:g} ms), router port",
                              measure(other, args.compare_single, args.compare_seconds)))
+            # shard searches through Serve handles (gRPC) only, without the direct data plane
+            if settings.data_plane:
+                deploy(settings.model_copy(update={"data_plane": False}))
+                other = direct_endpoints(settings.app_name)[0]
+                while session.get(other + "/healthz", timeout=30).status_code != 200:
+                    time.sleep(0.2)
+                compared.append(("data_plane: false (Serve handles only), router port",
+                                 measure(other, args.compare_single, args.compare_seconds)))
         wrong += sum(c["wrong"] for _, c in compared)
     finally:
         from ray import serve
@@ -251,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
           f"faiss {faiss.__version__} load={os.getloadavg()}")
     print(f"{args.n:,} x {args.bits}-bit codes, {args.shards} shards (flat), 1 replica each, k={args.k}; "
           f"service up in {up_s:.1f}s; client on the same 2-core machine")
-    print(f"fast_path={settings.fast_path}, queries sent to {'the router replica port' if base != proxy else 'the Serve proxy'}"
+    print(f"fast_path={settings.fast_path}, data_plane={settings.data_plane}, queries sent to {'the router replica port' if base != proxy else 'the Serve proxy'}"
           f" ({base})")
     print(f"single-query HTTP latency ({args.single} sequential): p50 {_pct(lat, 50):.2f} ms  p99 {_pct(lat, 99):.2f} ms  "
           f"(in-process faiss single query p50 {statistics.median(single_inproc):.2f} ms); client: http.client, "
@@ -261,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(the difference is client-side Python on the shared cores)")
     print(f"concurrency {args.concurrency}, {args.seconds:.0f}s: {done / args.seconds:,.0f} queries/s, "
           f"p50 {_pct(lat_load, 50):.2f} ms  p99 {_pct(lat_load, 99):.2f} ms, {errors} errors; "
-          f"{per_fanout:.1f} queries per shard fan-out")
+          f"{per_fanout:.1f} queries per shard fan-out; shard calls under load: {main_run['transport']['direct_calls']:,} "
+          f"direct, {main_run['transport']['handle_calls']:,} via Serve handles")
     for label, c in compared:
         print(f"  compared -- {label}: single p50 {_pct(c['lat'], 50):.2f} ms  p99 {_pct(c['lat'], 99):.2f} ms "
               f"({len(c['lat'])} sequential); concurrency {args.concurrency}: {c['qps']:,.0f} queries/s, "

@@ -58,10 +58,14 @@ def _encode(header: dict[str, Any], body: bytes = b"") -> bytes:
     return _LENGTHS.pack(4 + len(head) + len(body), len(head)) + head + body
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes]:
+#: the first (authentication) frame is tiny: nothing larger is read from an unauthenticated peer
+HELLO_MAX_BYTES = 4096
+
+
+async def _read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_BYTES) -> tuple[dict[str, Any], bytes]:
     try:
         total, head_len = _LENGTHS.unpack(await reader.readexactly(_LENGTHS.size))
-        if total > MAX_FRAME_BYTES or head_len > total - 4:
+        if total > max_bytes or head_len > total - 4:
             raise DataPlaneError(f"frame of {total} bytes (header {head_len}) exceeds the limits")
         payload = await reader.readexactly(total - 4)
     except (asyncio.IncompleteReadError, ConnectionError, OSError) as err:
@@ -109,7 +113,7 @@ class ShardDataServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            hello, _ = await _read_frame(reader)
+            hello, _ = await _read_frame(reader, HELLO_MAX_BYTES)
             if not hmac.compare_digest(str(hello.get("hello", "")), self.secret):
                 logger.warning("data plane: refused a connection from %s (wrong secret)",
                                writer.get_extra_info("peername"))
@@ -158,6 +162,7 @@ class DataPlaneClient:
         self.max_idle = max_idle
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._next_id = 0
+        self.inflight = 0  # calls running now (the router sends to the least busy replica)
         self.closed = False
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -186,6 +191,7 @@ class DataPlaneClient:
         frame = _encode({"id": rid, "op": "search", "rows": int(packed.shape[0]), "width": int(packed.shape[1]),
                          "k": int(k), "version": version, "categories": categories is not None}, body)
         conn = self._idle.pop() if self._idle else None
+        self.inflight += 1
         try:
             async with asyncio.timeout(timeout_s):
                 if conn is None:
@@ -202,6 +208,8 @@ class DataPlaneClient:
             if conn is not None:
                 conn[1].close()
             raise
+        finally:
+            self.inflight -= 1
         if header.get("id") != rid:
             conn[1].close()
             raise DataPlaneError(f"{self.host}:{self.port} answered request {header.get('id')}, asked {rid}")

@@ -15,6 +15,10 @@ Fast path (``serve.fast_path``, default): the Ray cluster runs Serve throughput-
 (:func:`serve_cluster_env`): router replicas answer HTTP on their own ports (:func:`direct_endpoints`)
 besides Serve's proxy, and the router calls the shards over Serve's gRPC transport.
 
+Data plane (``serve.data_plane``, default): shard searches skip Serve's per-call path and go over
+direct TCP connections to the shard replicas (:mod:`cluster.dataplane`; endpoints learned through a
+Serve handle); any failure there sends the call through the Serve handle, with its deadline and retries.
+
 Endpoints: ``POST /search`` (one query: ``code`` hex, ``video_id`` or ``features``), ``POST
 /search/batch`` (``queries``: a list of those), ``GET /healthz``, ``GET /info``. Bad requests get a
 4xx JSON ``{"error": ...}`` naming the field; a shard without a live replica makes the answer
@@ -363,7 +367,7 @@ class Router:
         self._planes: dict[int, list[Any]] = {}  # shard -> DataPlaneClient per live replica
         self._plane_refresh_at = [0.0] * len(shards)
         self._plane_tasks: dict[int, asyncio.Task] = {}
-        self._plane_rr = 0
+        self._plane_rr = [0] * len(shards)
         self._search_batched.set_max_batch_size(int(settings["batch_max_size"]))
         self._search_batched.set_batch_wait_timeout_s(float(settings["batch_wait_s"]))
         self._adaptive = AdaptiveBatcher(self._search_many, int(settings["batch_max_size"]),
@@ -528,8 +532,10 @@ class Router:
             self._maybe_refresh_plane(s)
             clients = self._planes.get(s)
             if clients:
-                client = clients[self._plane_rr % len(clients)]
-                self._plane_rr += 1
+                # fewest calls in flight; ties rotate, so idle replicas share sequential load too
+                self._plane_rr[s] += 1
+                start = self._plane_rr[s] % len(clients)
+                client = min(clients[start:] + clients[:start], key=lambda c: c.inflight)
                 try:
                     out = await client.search(packed, k, categories, version, float(self.s["shard_timeout_s"]))
                     self.counters["direct_calls"] += 1
