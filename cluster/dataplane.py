@@ -130,7 +130,10 @@ class ShardDataServer:
     async def _answer(self, header: dict[str, Any], body: bytes) -> bytes:
         rid = header.get("id")
         try:
-            rows, width, k = int(header["rows"]), int(header["width"]), int(header["k"])
+            try:  # a malformed frame is a bad request, never a LookupError (KeyError) the caller would see as 400
+                rows, width, k = int(header["rows"]), int(header["width"]), int(header["k"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"malformed search frame header: {err!r}") from None
             has_cats = bool(header.get("categories"))
             need = rows * width + (rows * 8 if has_cats else 0)
             if header.get("op") != "search" or rows < 1 or width < 1 or k < 1 or len(body) != need:
@@ -141,7 +144,7 @@ class ShardDataServer:
             dist, ids, version = await self.search_fn(packed, k, cats, header.get("version"))
         except Exception as err:  # noqa: BLE001 -- every failure becomes a typed reply, the connection lives on
             kind = next((name for typ, name in self.error_kinds if isinstance(err, typ)),
-                        "bad_request" if isinstance(err, (KeyError, ValueError, TypeError)) else "error")
+                        "bad_request" if isinstance(err, (ValueError, TypeError)) else "error")
             return _encode({"id": rid, "ok": False, "kind": kind, "message": str(err)})
         dist = np.ascontiguousarray(dist, dtype=np.int32)
         return _encode({"id": rid, "ok": True, "version": version, "rows": int(dist.shape[0]), "k": int(dist.shape[1]),

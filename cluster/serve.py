@@ -51,6 +51,8 @@ __all__ = ["AdaptiveBatcher", "EncoderServer", "IndexShardServer", "Router", "bu
 
 from ray import serve  # noqa: E402  (cluster.* may import Ray; vhindex.* never does)
 
+from cluster.dataplane import DataPlaneClient, DataPlaneError, RemoteShardError, ShardDataServer  # noqa: E402
+
 try:  # FastAPI ships with ray[serve]
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -210,8 +212,6 @@ class IndexShardServer:
         The router calls this through a Serve handle (the authenticated control plane) and then sends
         searches straight to the endpoint (:mod:`cluster.dataplane`).
         """
-        from cluster.dataplane import ShardDataServer
-
         if self._plane is None:
             import ray
 
@@ -526,8 +526,6 @@ class Router:
                             version: str | None) -> Any:
         """Search shard ``s``: over a replica's direct endpoint when one is known, else (or when that
         fails in any way) through the Serve handle with its deadline and retries."""
-        from cluster.dataplane import DataPlaneError, RemoteShardError
-
         if self._data_plane:
             self._maybe_refresh_plane(s)
             clients = self._planes.get(s)
@@ -563,8 +561,6 @@ class Router:
 
     async def _refresh_plane(self, s: int) -> None:
         """Ask every live replica of shard ``s`` for its data endpoint; keep pools of known ones."""
-        from cluster.dataplane import DataPlaneClient
-
         try:
             replies = await self.shards[s].broadcast("data_endpoint").results_async(timeout_s=5.0,
                                                                                   return_exceptions=True)

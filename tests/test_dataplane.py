@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 import pytest
 
-from cluster.dataplane import DataPlaneClient, DataPlaneError, RemoteShardError, ShardDataServer
+from cluster.dataplane import DataPlaneClient, DataPlaneError, RemoteShardError, ShardDataServer, _encode, _read_frame
 from vhindex.index.testing import assert_same_knn, brute_force_knn
 
 BITS = 64
@@ -106,6 +106,12 @@ def test_shard_errors_come_back_typed_and_the_connection_survives():
         assert err.value.kind == "lookup" and "mask table" in err.value.message
         D, I, _ = await client.search(q, 1, None, None, timeout_s=5)  # same connection, still serving
         assert D[0, 0] == 0 and I[0, 0] == ids[0]
+        # a frame without `rows` is a bad request (not a KeyError, which is a LookupError -> 400 upstream)
+        reader, writer = await client._connect()
+        writer.write(_encode({"id": 1, "op": "search", "width": 8, "k": 1}, b"\0" * 8))
+        header, _ = await _read_frame(reader)
+        assert header["ok"] is False and header["kind"] == "bad_request" and "rows" in header["message"]
+        writer.close()
         client.close()
         server.close()
 
