@@ -7,7 +7,6 @@ VENV   ?= .venv
 PIP    := $(VENV)/bin/pip
 PY     := $(VENV)/bin/python
 PIPC   := $(PIP) install --disable-pip-version-check -c constraints.txt
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: help demo test test-fast lint bench bench-sources bench-quality install install-dev clean

@@ -89,20 +89,39 @@ class ShardDataServer:
         search_fn: ``async (packed (n, w) uint8, k, categories (n,) int64 | None, version) ->
             (distances (n, k), video ids (n, k) object, version)``; ``LookupError`` subclasses named
             in ``error_kinds`` become typed error replies.
-        host: interface to listen on (the replica's node address).
+        host: interface to listen on: the replica's node address, which is 127.0.0.1 on a local Ray
+            (nothing of a local run is reachable from another interface) and the node's network
+            address in a multi-node cluster (the router on another node must reach it).
         error_kinds: exception type -> reply ``kind`` (checked in order, first match wins).
+        ports: ``(first, last)`` port range to listen in (inclusive; the first free one is taken), for
+            clusters whose nodes only open a known range to each other; None: any free port.
     """
 
-    def __init__(self, search_fn: SearchFn, host: str, error_kinds: list[tuple[type[BaseException], str]]) -> None:
-        self.search_fn, self.host, self.error_kinds = search_fn, host, error_kinds
+    def __init__(self, search_fn: SearchFn, host: str, error_kinds: list[tuple[type[BaseException], str]],
+                 ports: tuple[int, int] | None = None) -> None:
+        self.search_fn, self.host, self.error_kinds, self.ports = search_fn, host, error_kinds, ports
         self.secret = secrets.token_hex(16)
         self.server: asyncio.AbstractServer | None = None
         self.port: int | None = None
 
     async def start(self) -> dict[str, Any]:
-        """Listen (once) on a free port; the endpoint ``{"host", "port", "secret"}`` for the router."""
+        """Listen (once) on a free port; the endpoint ``{"host", "port", "secret"}`` for the router.
+
+        Raises:
+            OSError: no port of ``ports`` is free on ``host``.
+        """
         if self.server is None:
-            self.server = await asyncio.start_server(self._serve, self.host, 0)
+            candidates = range(self.ports[0], self.ports[1] + 1) if self.ports else [0]
+            last: OSError | None = None
+            for port in candidates:
+                try:
+                    self.server = await asyncio.start_server(self._serve, self.host, port)
+                    break
+                except OSError as err:  # taken (another replica on this node): try the next one
+                    last = err
+            else:
+                raise OSError(f"data plane: no free port in {self.ports[0]}-{self.ports[1]} on {self.host} "
+                              f"(serve.data_plane_ports): {last}")
             self.port = int(self.server.sockets[0].getsockname()[1])
         return {"host": self.host, "port": self.port, "secret": self.secret}
 

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 logger = logging.getLogger(__name__)
 
 __all__ = ["AdaptiveBatcher", "EncoderServer", "IndexShardServer", "Router", "build_app", "deploy", "direct_endpoints",
-           "serve_cluster_env", "service_url"]
+           "proxy_url", "reachable_host", "serve_cluster_env", "service_url"]
 
 from ray import serve  # noqa: E402  (cluster.* may import Ray; vhindex.* never does)
 
@@ -134,10 +134,11 @@ class IndexShardServer:
         storage_options: fsspec options.
         faiss_threads: faiss OpenMP threads (set once here: replicas must not fight over cores).
         mask_table: optional category-mask table URL.
+        data_plane_ports: port range of the direct data endpoint (``serve.data_plane_ports``).
     """
 
     def __init__(self, shard_id: int, storage_options: dict[str, Any] | None = None, faiss_threads: int = 1,
-                 mask_table: str | None = None) -> None:
+                 mask_table: str | None = None, data_plane_ports: tuple[int, int] | None = None) -> None:
         import faiss
 
         faiss.omp_set_num_threads(faiss_threads)
@@ -151,6 +152,7 @@ class IndexShardServer:
         self.versions: dict[str, Any] = {}
         self.current: str | None = None
         self._plane: Any = None  # cluster.dataplane.ShardDataServer, started by the first data_endpoint()
+        self.data_plane_ports = tuple(data_plane_ports) if data_plane_ports else None
 
     def _load(self, url: str) -> None:
         sharded = _open_index(url, self.storage_options)
@@ -210,13 +212,16 @@ class IndexShardServer:
         """Start (once) this replica's direct search endpoint; ``{"host", "port", "secret", "shard_id", "pid"}``.
 
         The router calls this through a Serve handle (the authenticated control plane) and then sends
-        searches straight to the endpoint (:mod:`cluster.dataplane`).
+        searches straight to the endpoint (:mod:`cluster.dataplane`). It listens on the node's address:
+        127.0.0.1 on a local Ray (``connect_ray`` pins it there), the node's network address in a
+        multi-node cluster.
         """
         if self._plane is None:
             import ray
 
             self._plane = ShardDataServer(self.search, ray.util.get_node_ip_address(),
-                                          [(VersionNotLoaded, "version"), (LookupError, "lookup")])
+                                          [(VersionNotLoaded, "version"), (LookupError, "lookup")],
+                                          ports=self.data_plane_ports)
         endpoint = await self._plane.start()
         return {**endpoint, "shard_id": self.shard_id, "pid": os.getpid()}
 
@@ -756,8 +761,9 @@ def build_app(args: dict[str, Any]) -> Any:
                                    ray_actor_options={"num_cpus": settings.shard_cpus}, user_config=user_config,
                                    health_check_period_s=5, health_check_timeout_s=10, max_ongoing_requests=64,
                                    logging_config=logging_config),
-                  i, so, settings.faiss_threads, settings.mask_table, settings.replicas, settings.shard_cpus)
-        .bind(i, so, settings.faiss_threads, settings.mask_table)
+                  i, so, settings.faiss_threads, settings.mask_table, settings.replicas, settings.shard_cpus,
+                  settings.data_plane_ports)
+        .bind(i, so, settings.faiss_threads, settings.mask_table, settings.data_plane_ports)
         for i in range(int(info["num_shards"]))
     ]
     encoder = None
@@ -808,6 +814,53 @@ def serve_cluster_env(settings: Any) -> dict[str, str]:
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(settings.direct_drain_s)}
 
 
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def _is_local_address(ip: str) -> bool:
+    """True when ``ip`` is an address of this machine (a socket can bind it)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def reachable_host(advertised_ip: str, bound_host: str) -> str | None:
+    """The address a client on this machine can use for a server that Serve advertises at
+    ``advertised_ip`` (its node's address) but that listens on ``bound_host`` (Serve's ``http_options.host``).
+
+    - bound to every interface: the advertised address works;
+    - bound to one address: that address, if the server runs on this machine (its advertised address is
+      one of ours) or is the advertised address itself; otherwise None -- e.g. a replica on another node
+      bound to that node's loopback cannot be reached from here.
+    """
+    if bound_host in _WILDCARD_HOSTS:
+        return advertised_ip
+    if bound_host == "localhost":
+        bound_host = "127.0.0.1"
+    if bound_host == advertised_ip or _is_local_address(advertised_ip):
+        return bound_host
+    return None
+
+
+def _listens(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def direct_endpoints(app_name: str, timeout_s: float = 60.0, *, ask_router: bool = True) -> list[str]:
     """``http://host:port`` of every running router replica's own HTTP server (fast path), else ``[]``.
 
@@ -815,6 +868,11 @@ def direct_endpoints(app_name: str, timeout_s: float = 60.0, *, ask_router: bool
     working and spreads load over router replicas. Waits up to ``timeout_s`` for the replicas' ports.
     ``ask_router=False`` skips asking the app whether direct ingress is on (for apps other than
     vhindex's router, e.g. the benchmarks' no-op apps).
+
+    Only addresses where a server accepts connections from this machine are returned: Serve advertises
+    each replica at its node's address, while the replica's server binds Serve's ``http_options.host``
+    (:func:`reachable_host` reconciles the two), and every URL is probed with a TCP connect. A replica
+    that cannot be reached is left out with a warning (callers then use the proxy, :func:`service_url`).
     """
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
@@ -826,23 +884,40 @@ def direct_endpoints(app_name: str, timeout_s: float = 60.0, *, ask_router: bool
         if not mode["direct_ingress"]:
             return []
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    bound_host = str(ray.get(controller.get_http_config.remote()).host)
     deadline = time.monotonic() + timeout_s
     while True:
         groups = ray.get(controller.get_target_groups.remote(app_name))
-        urls = sorted({f"http://{t.ip}:{t.port}" for g in groups if str(g.protocol).upper().endswith("HTTP")
-                       and getattr(g, "app_name", app_name) == app_name for t in g.targets
-                       if "proxy" not in str(t.name).lower()})
-        if urls or time.monotonic() > deadline:
-            return urls
+        targets = sorted({(str(t.ip), int(t.port)) for g in groups if str(g.protocol).upper().endswith("HTTP")
+                          and getattr(g, "app_name", app_name) == app_name for t in g.targets
+                          if "proxy" not in str(t.name).lower()})
+        urls, unreachable, never = [], [], 0
+        for ip, port in targets:
+            host = reachable_host(ip, bound_host)
+            never += host is None  # bound elsewhere: waiting will not help
+            if host is not None and _listens(host, port):
+                urls.append(_url(host, port))
+            else:
+                unreachable.append(f"{ip}:{port} (bound to {bound_host})")
+        if urls or (targets and never == len(targets)) or time.monotonic() > deadline:
+            if unreachable:
+                logger.warning("router replicas not reachable from this machine, left out: %s", ", ".join(unreachable))
+            return sorted(urls)
         time.sleep(0.2)
 
 
 def service_url(settings: Any) -> str:
     """Where a client on this machine should send queries: the first router replica's own port when
-    the fast path runs (:func:`direct_endpoints`), else Serve's proxy on ``settings.host:port``."""
+    the fast path runs and is reachable (:func:`direct_endpoints`), else Serve's proxy on
+    ``settings.host:port`` (127.0.0.1 when the proxy binds every interface)."""
     direct = direct_endpoints(settings.app_name) if settings.fast_path else []
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return direct[0] if direct else f"http://{host}:{settings.port}"
+    return direct[0] if direct else proxy_url(settings)
+
+
+def proxy_url(settings: Any) -> str:
+    """Serve's proxy as a client on this machine reaches it: ``settings.host:port``, with 127.0.0.1 when
+    the proxy binds every interface."""
+    return _url("127.0.0.1" if settings.host in _WILDCARD_HOSTS else settings.host, settings.port)
 
 
 def deploy(settings: Any, *, blocking: bool = False) -> Any:

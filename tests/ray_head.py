@@ -43,15 +43,14 @@ import pytest
 
 __all__ = ["RayHead", "free_ports", "ray_env", "ray_head"]
 
+from cluster.runtime import LOOPBACK, free_ports, loopback_ray_env  # noqa: E402  (free_ports re-exported)
+
 #: Environment every process touching the test cluster gets (see the module docstring).
 RAY_TEST_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    **loopback_ray_env(),
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
-
-
-from cluster.runtime import free_ports  # noqa: E402  (re-exported for the tests)
 
 
 def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -117,7 +116,7 @@ class RayHead:
             env = ray_env({"RAY_ADDRESS": f"127.0.0.1:{ports[0]}"})
             cmd = [
                 _ray_cli(), "start", "--head", f"--num-cpus={num_cpus}", "--num-gpus=0",
-                f"--port={ports[0]}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports[1]}",
+                f"--port={ports[0]}", f"--node-ip-address={LOOPBACK}", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports[1]}",
                 f"--ray-client-server-port={ports[2]}", f"--dashboard-agent-listen-port={ports[3]}",
                 f"--dashboard-agent-grpc-port={ports[4]}", f"--runtime-env-agent-port={ports[5]}",
                 f"--metrics-export-port={ports[6]}", f"--node-manager-port={ports[7]}",

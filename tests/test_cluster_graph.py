@@ -220,14 +220,17 @@ def test_dask_on_ray_gives_the_same_anchors(tmp_path):
     _write(url, x, row_group_size=100, rows_per_file=200)
     src = ParquetChunkSource(url, rows_per_chunk=100)
     ref = fit_kmeans(SequentialExecutor(src, num_threads=1), 6, seed=0, n_iter=3, init="k-means++", tol=0.0)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from cluster.runtime import connect_ray
+
+    started = connect_ray(num_cpus=2)
     try:
         with connect("ray") as conn:
             assert not conn.started_ray  # reuses the connection made above
             manifest = build_graph(url, str(tmp_path / "graph"), k=6, a=5, rows_per_chunk=100, seed=0,
                                    n_iter=3, tol=0.0, connection=conn)
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
     assert manifest.executor == "dask-on-ray"
     anchors, _, _, _ = load_graph(str(tmp_path / "graph"))
     assert np.array_equal(anchors, ref.centroids)

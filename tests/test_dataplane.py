@@ -166,3 +166,48 @@ def test_a_dead_or_slow_endpoint_raises_dataplane_error_within_the_deadline():
             await DataPlaneClient(endpoint).search(codes[:1], 1, None, None, timeout_s=2)
 
     asyncio.run(main())
+
+
+def test_a_port_range_is_honoured_and_exhaustion_is_a_clear_error():
+    """``serve.data_plane_ports``: a replica takes the first free port of the range; none free -> OSError."""
+    codes, _, search, _ = _shard(50)
+    blocker = _bind_pair_start()  # holds port q; q + 1 is free
+    q = blocker.getsockname()[1]
+    servers: list[ShardDataServer] = []
+
+    async def run():
+        s = ShardDataServer(search, "127.0.0.1", [], ports=(q, q + 1))
+        servers.append(s)
+        endpoint = await s.start()
+        assert endpoint["port"] == q + 1  # q is taken: skipped
+        extra = ShardDataServer(search, "127.0.0.1", [], ports=(q, q + 1))
+        with pytest.raises(OSError, match=rf"no free port in {q}-{q + 1}.*data_plane_ports"):
+            await extra.start()
+        client = DataPlaneClient(endpoint)
+        D, I = (await client.search(codes[:2], 3, None, None, timeout_s=5))[:2]
+        assert D.shape == (2, 3) and D[0, 0] == 0 and I[0, 0] == "vid0000"
+        client.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        for s in servers:
+            s.close()
+        blocker.close()
+
+
+def _bind_pair_start() -> socket.socket:
+    """A listening socket on some port q of 127.0.0.1 such that q + 1 is free right now."""
+    for _ in range(200):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        q = s.getsockname()[1]
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", q + 1))
+            except OSError:
+                s.close()
+                continue
+        s.listen()
+        return s
+    raise AssertionError("no two adjacent free ports on 127.0.0.1")

@@ -382,6 +382,38 @@ def test_a_shard_without_live_replicas_makes_answers_partial(ray_serve, corpus):
         shutil.move(hidden, shard_dir)
 
 
+def test_every_returned_url_answers_and_every_socket_is_on_loopback(ray_serve, corpus):
+    """Issue 14: on a machine with a routable interface, Serve advertises replicas at the node address
+    while they bind ``serve.host``; only URLs where a server listens may come back, all on loopback."""
+    import psutil
+    import ray
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    from cluster.serve import direct_endpoints, service_url
+
+    tmp, ids, codes = corpus
+    settings = _settings(_build(tmp, "idx-urls", ids, codes, 2), ray_serve, router_replicas=2)
+    _deploy(settings)
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    bound = str(ray.get(controller.get_http_config.remote()).host)
+    assert bound == "127.0.0.1"
+    urls = direct_endpoints(settings.app_name) + [service_url(settings), f"http://127.0.0.1:{settings.port}"]
+    assert len(set(urls)) == settings.router_replicas + 1, urls  # both router replicas and the proxy
+    for url in urls:
+        assert requests.utils.urlparse(url).hostname == bound, url
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200, url
+    _wait_for_data_plane(urls[0], shards=2)
+    # the sockets behind them: direct ingress (every router replica) and each shard's data plane
+    data = [serve.get_deployment_handle(f"Shard{i}", settings.app_name).data_endpoint.remote().result(timeout_s=30)
+            for i in range(2)]
+    assert all(d["host"] == "127.0.0.1" for d in data), data
+    ports = {int(u.rsplit(":", 1)[1]) for u in urls[:-2]} | {int(d["port"]) for d in data}
+    listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports]
+    assert {c.laddr.port for c in listening} == ports, (listening, ports)
+    assert all(c.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1") for c in listening), listening
+
+
 def test_serve_config_file_is_valid_for_serve_and_vhindex():
     import yaml
 

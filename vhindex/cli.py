@@ -180,13 +180,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
     from cluster.runtime import connect_ray
-    from cluster.serve import deploy, direct_endpoints, serve_cluster_env
+    from cluster.serve import deploy, direct_endpoints, proxy_url, serve_cluster_env
 
     settings = serve_settings(args.serve_config, args.overrides, index=args.index, port=args.port, host=args.host)
     started = connect_ray(env=serve_cluster_env(settings))
     try:
         deploy(settings)
-        print(f"vhindex serving {settings.index} at http://{settings.host}:{settings.port}{settings.route_prefix} "
+        # only URLs a client on this machine can reach (direct_endpoints probes each one)
+        print(f"vhindex serving {settings.index} at {proxy_url(settings)}{settings.route_prefix} "
               "(POST /search, /search/batch; GET /healthz, /info) -- Ctrl-C stops", flush=True)
         direct = direct_endpoints(settings.app_name) if settings.fast_path else []
         if direct:

@@ -453,6 +453,10 @@ class ServeSection(_Section):
     data_plane: bool = Field(
         True, description="router -> shard searches over direct TCP connections to the shard replicas (Serve stays "
                           "the control plane; any failure falls back to the Serve handle). false: Serve handles only.")
+    data_plane_ports: tuple[int, int] | None = Field(
+        None, description="data_plane: [first, last] ports shard replicas listen on for the router (a multi-node "
+                          "cluster must open them between nodes); null: any free port (the OS's ephemeral range). "
+                          "A local Ray listens on 127.0.0.1 only.")
     access_log: bool = Field(False, description="Serve access-log lines for every request and shard call.")
     fast_path: bool = Field(
         True, description="Run Ray Serve throughput-optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1): router replicas "
@@ -469,6 +473,13 @@ class ServeSection(_Section):
     auth_token_env: str | None = Field(
         None, description="Name of an environment variable holding a bearer token; when set, every request "
                           "must send `Authorization: Bearer <token>` (the token itself never goes in config).")
+
+    @field_validator("data_plane_ports")
+    @classmethod
+    def _port_range(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not (1024 <= v[0] <= v[1] <= 65535):
+            raise ValueError(f"must be [first, last] with 1024 <= first <= last <= 65535, got {list(v)}")
+        return v
 
 
 class BenchSection(_Section):
