@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cluster.pipelines import ray_engine
+    from cluster.data import ray_engine
     from cluster.runtime import connect_ray
     from vhindex.config import PipelineSection
     from vhindex.pipelines import run_sharded_job

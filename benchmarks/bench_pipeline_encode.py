@@ -4,8 +4,8 @@ Writes a frame-feature dataset (random float16 features, M x D like EfficientNet
 saves a DKPH student (random weights: throughput does not depend on training) and an ITQ model, then
 for each model times, in this order and in one process:
 
-* ``in-process``: :func:`vhindex.pipeline.encode_dataset` (read Parquet -> encode -> write codes);
-* ``pipeline (ray)``: :class:`vhindex.pipelines.EncodeJob` on :func:`cluster.pipelines.ray_engine`
+* ``in-process``: :func:`vhindex.inprocess.encode_dataset` (read Parquet -> encode -> write codes);
+* ``pipeline (ray)``: :class:`vhindex.pipelines.EncodeJob` on :func:`cluster.data.ray_engine`
   (one actor, ``--actor-threads`` torch threads) on a local Ray started beforehand -- the time
   includes the actor's start and model load, the driver's planning and the final manifest;
 * ``pipeline (local)``: the same sharded job on the in-process engine (the sharding overhead alone).
@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from cluster.pipelines import ray_engine
+    from cluster.data import ray_engine
     from cluster.runtime import connect_ray
     from vhindex.config import PipelineSection
     from vhindex.data import FrameDataset
+    from vhindex.inprocess import encode_dataset
     from vhindex.models import DKPH, build_model
-    from vhindex.pipeline import encode_dataset
     from vhindex.pipelines import EncodeJob, run_local, run_sharded_job
 
     torch.set_num_threads(args.threads)

@@ -43,9 +43,9 @@ import torch
 
 from vhindex.config import Config, config_from_dict
 from vhindex.data import FrameDataset
-from vhindex.demo import ensure_synthetic
+from vhindex.data.synth import ensure_synthetic
 from vhindex.eval import EvalResult, evaluate
-from vhindex.pipeline import encode_in_memory, fit_model, labels_for
+from vhindex.inprocess import encode_in_memory, fit_model, labels_for
 from vhindex.train.recipes import (
     build_teacher_graph,
     check_datasets,

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests-every", type=int, default=3,
                    help="also time every n-th single query through `requests` (interleaved, for the comparison)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", default="benchmarks/results/bench_serve.md", help="markdown output ('' for none)")
     p.add_argument("--fast-path", choices=["on", "off"], default="on",
                    help="serve.fast_path (Serve throughput-optimized + direct ingress), the product default")
     p.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
@@ -254,37 +255,48 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
 
     best_batch = max(batch_qps)
-    print("```")
-    print(f"bench_serve  {dt.datetime.now().isoformat(timespec='seconds')}")
-    print(f"machine: {platform.machine()} cpus={os.cpu_count()} python {platform.python_version()} "
+    lines: list[str] = []
+    say = lines.append
+    say("```")
+    say(f"bench_serve  {dt.datetime.now().isoformat(timespec='seconds')}")
+    say(f"machine: {platform.machine()} cpus={os.cpu_count()} python {platform.python_version()} "
           f"faiss {faiss.__version__} load={os.getloadavg()}")
-    print(f"{args.n:,} x {args.bits}-bit codes, {args.shards} shards (flat), 1 replica each, k={args.k}; "
+    say(f"{args.n:,} x {args.bits}-bit codes, {args.shards} shards (flat), 1 replica each, k={args.k}; "
           f"service up in {up_s:.1f}s; client on the same 2-core machine")
-    print(f"fast_path={settings.fast_path}, data_plane={settings.data_plane}, queries sent to {'the router replica port' if base != proxy else 'the Serve proxy'}"
+    say(f"fast_path={settings.fast_path}, data_plane={settings.data_plane}, queries sent to {'the router replica port' if base != proxy else 'the Serve proxy'}"
           f" ({base})")
-    print(f"single-query HTTP latency ({args.single} sequential): p50 {_pct(lat, 50):.2f} ms  p99 {_pct(lat, 99):.2f} ms  "
+    say(f"single-query HTTP latency ({args.single} sequential): p50 {_pct(lat, 50):.2f} ms  p99 {_pct(lat, 99):.2f} ms  "
           f"(in-process faiss single query p50 {statistics.median(single_inproc):.2f} ms); client: http.client, "
           f"one keep-alive connection")
-    print(f"  same queries interleaved through `requests` ({len(main_run['lat_requests'])}): "
+    say(f"  same queries interleaved through `requests` ({len(main_run['lat_requests'])}): "
           f"p50 {_pct(main_run['lat_requests'], 50):.2f} ms  p99 {_pct(main_run['lat_requests'], 99):.2f} ms "
           f"(the difference is client-side Python on the shared cores)")
-    print(f"concurrency {args.concurrency}, {args.seconds:.0f}s: {done / args.seconds:,.0f} queries/s, "
+    say(f"concurrency {args.concurrency}, {args.seconds:.0f}s: {done / args.seconds:,.0f} queries/s, "
           f"p50 {_pct(lat_load, 50):.2f} ms  p99 {_pct(lat_load, 99):.2f} ms, {errors} errors; "
           f"{per_fanout:.1f} queries per shard fan-out; shard calls under load: {main_run['transport']['direct_calls']:,} "
           f"direct, {main_run['transport']['handle_calls']:,} via Serve handles")
     for label, c in compared:
-        print(f"  compared -- {label}: single p50 {_pct(c['lat'], 50):.2f} ms  p99 {_pct(c['lat'], 99):.2f} ms "
+        say(f"  compared -- {label}: single p50 {_pct(c['lat'], 50):.2f} ms  p99 {_pct(c['lat'], 99):.2f} ms "
               f"({len(c['lat'])} sequential); concurrency {args.concurrency}: {c['qps']:,.0f} queries/s, "
               f"p50 {_pct(c['lat_load'], 50):.2f} ms  p99 {_pct(c['lat_load'], 99):.2f} ms, {c['errors']} errors; "
               f"{c['per_fanout']:.1f} queries per fan-out")
-    print(f"/search/batch ({args.batch} queries/request): {best_batch:,.0f} queries/s best of {args.batch_requests} "
+    say(f"/search/batch ({args.batch} queries/request): {best_batch:,.0f} queries/s best of {args.batch_requests} "
           f"(median {statistics.median(batch_qps):,.0f})")
-    print(f"in-process faiss IndexBinaryFlat, same {args.batch} queries: 1 thread {inproc[1]:,.0f} q/s, "
+    say(f"in-process faiss IndexBinaryFlat, same {args.batch} queries: 1 thread {inproc[1]:,.0f} q/s, "
           f"2 threads {inproc[2]:,.0f} q/s")
-    print(f"batch ratio service / in-process: {best_batch / inproc[1]:.2f} (vs 1 thread), "
+    say(f"batch ratio service / in-process: {best_batch / inproc[1]:.2f} (vs 1 thread), "
           f"{best_batch / max(inproc.values()):.2f} (vs best)")
-    print(f"answers checked against in-process faiss: {wrong} wrong")
-    print("```")
+    say(f"answers checked against in-process faiss: {wrong} wrong")
+    say("```")
+    text = "\n".join(lines)
+    print(text)
+    if args.report:
+        header = (f"# `{' '.join(['python benchmarks/bench_serve.py', *(argv if argv is not None else sys.argv[1:])])}`\n\n"
+                  "Written by the benchmark itself (the latest run; earlier runs are in git history). "
+                  "Read single numbers as +-1 ms: the 2-core machine is shared and noisy.\n\n")
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(header + text + "\n")
+        print(f"wrote {args.report}")
     return 0 if wrong == 0 else 1
 
 

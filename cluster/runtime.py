@@ -1,6 +1,6 @@
 """Joining Ray from vhindex's jobs, services and tests: one connection rule, free local ports.
 
-Shared by :mod:`cluster.train` (Ray Train), :mod:`cluster.pipelines` (Ray Data) and
+Shared by :mod:`cluster.train` (Ray Train), :mod:`cluster.data` (Ray Data) and
 :mod:`cluster.serve` (Ray Serve); Ray itself is imported lazily.
 """
 

@@ -34,7 +34,6 @@ every shard reports the new one, then switches. Queries never see a mix of versi
 # annotation objects, or `request: Request` turns into a query parameter (422).
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ import time
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -52,57 +51,23 @@ __all__ = ["AdaptiveBatcher", "EncoderServer", "IndexShardServer", "Router", "bu
 from ray import serve  # noqa: E402  (cluster.* may import Ray; vhindex.* never does)
 
 from cluster.dataplane import DataPlaneClient, DataPlaneError, RemoteShardError, ShardDataServer  # noqa: E402
+from cluster.router import (  # noqa: E402
+    AdaptiveBatcher,
+    BatchRequest,
+    FanOut,
+    QueryResolver,
+    RequestError,
+    RequestGate,
+    SearchRequest,
+    VersionNotLoaded,
+    hits,
+)
 
 try:  # FastAPI ships with ray[serve]
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 except ImportError as err:  # pragma: no cover
     raise ImportError("cluster.serve needs ray[serve] (pip install -c constraints.txt 'vhindex[ray]')") from err
-
-
-# ----------------------------------------------------------------------------------- request models
-
-
-class Query(BaseModel):
-    """One query: exactly one of ``code`` (hex, msb0), ``video_id`` (an indexed video) or ``features``
-    (M x D frame features, encoded by the service's model); ``category`` selects a mask (DVHCM)."""
-
-    model_config = ConfigDict(extra="forbid")
-    code: str | None = None
-    video_id: str | None = Field(None, min_length=1, max_length=1024)
-    features: list[list[float]] | None = None
-    category: int | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "Query":
-        given = [k for k in ("code", "video_id", "features") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of 'code' (hex), 'video_id' or 'features'"
-                             + (f"; got {given}" if given else ""))
-        return self
-
-
-class SearchRequest(Query):
-    """``POST /search`` body."""
-
-    k: int = Field(10, description="neighbours to return")
-
-
-class BatchRequest(BaseModel):
-    """``POST /search/batch`` body."""
-
-    model_config = ConfigDict(extra="forbid")
-    queries: list[Query] = Field(min_length=1)
-    k: int = 10
-
-
-class RequestError(Exception):
-    """A client error: HTTP ``status`` with a message naming what was wrong."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 # --------------------------------------------------------------------------------------- shard side
@@ -116,10 +81,6 @@ def _open_index(url: str, storage_options: dict[str, Any] | None) -> Any:
 
 #: query rows x shard codes below which a shard searches on its event loop instead of a thread
 INLINE_SEARCH_CODES = 4_000_000
-
-
-class VersionNotLoaded(LookupError):
-    """A shard replica was asked for an index version it does not hold (restarting, or mid-swap)."""
 
 
 class IndexShardServer:
@@ -264,70 +225,6 @@ class EncoderServer:
 # ---------------------------------------------------------------------------------------- the router
 
 
-class AdaptiveBatcher:
-    """Merges concurrent calls into batches without a timer ("natural" batching).
-
-    A call goes out at once while fewer than ``max_inflight`` batches are running; otherwise it waits
-    and leaves with everything that queued up behind it (at most ``max_size``) as soon as a running
-    batch finishes. An idle service adds no wait; under load batches grow with the load. ``@serve.batch``
-    instead closes a batch ``batch_wait_timeout_s`` after its first item whether or not earlier batches
-    are still running, so under load it sends many small batches (measured: ~1.4 queries per shard
-    fan-out at 16 concurrent clients) and an idle query always pays the wait.
-
-    Args:
-        run: ``async run(items) -> results`` (one result per item, same order, handed back as they
-            are). If ``run`` raises, every caller of that batch gets the exception.
-        max_size: most items per batch.
-        max_inflight: batches running at once.
-    """
-
-    def __init__(self, run: Any, max_size: int, max_inflight: int) -> None:
-        if max_size < 1 or max_inflight < 1:
-            raise ValueError(f"max_size and max_inflight must be >= 1, got {max_size}, {max_inflight}")
-        self.run, self.max_size, self.max_inflight = run, max_size, max_inflight
-        self.pending: list[tuple[Any, asyncio.Future]] = []
-        self.inflight = 0
-        self._tasks: set[asyncio.Task] = set()
-
-    async def submit(self, item: Any) -> Any:
-        """Run ``item`` in the next batch; its result (or its exception, raised)."""
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((item, future))
-        self._dispatch()
-        return await future
-
-    def _dispatch(self) -> None:
-        while self.pending and self.inflight < self.max_inflight:
-            batch = [(i, f) for i, f in self.pending[: self.max_size] if not f.cancelled()]
-            del self.pending[: self.max_size]
-            if not batch:
-                continue
-            self.inflight += 1
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)  # keep a reference: the loop holds tasks only weakly
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        try:
-            results = await self.run([item for item, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-        except asyncio.CancelledError:  # the loop is shutting down: the callers are cancelled too
-            for _, future in batch:
-                future.cancel()
-            raise
-        except Exception as err:  # noqa: BLE001 -- every waiting caller gets the failure
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(err)
-        finally:
-            self.inflight -= 1
-            self._dispatch()
-
-
 app = FastAPI(title="vhindex", description="Hamming top-k over learned binary video codes")
 
 
@@ -338,16 +235,18 @@ async def _request_error(request: Request, err: RequestError) -> JSONResponse:
 
 @serve.ingress(app)
 class Router:
-    """FastAPI ingress: validates, resolves queries to codes, fans out to the shards, merges top-k.
+    """FastAPI ingress: the request gate, query -> code, fan-out + merge (:mod:`cluster.router`), wired to the
+    shards over the direct data plane or Serve handles, with hot swaps of the index version.
 
     Args:
         shards: one deployment handle per shard, in shard order.
         encoder: encoder handle (``None``: feature queries are refused with 400).
-        settings: ``ServeSection`` fields as a dict.
-        index_url: initial sharded index URL.
+        settings: the :class:`vhindex.config.ServeSection` (its ``index`` arrives through ``user_config``).
+        token_sha256: SHA-256 of the bearer token (:func:`build_app` reads the token where the app is built;
+            only its hash travels to the replicas); None: no auth.
     """
 
-    def __init__(self, shards: list[Any], encoder: Any, settings: dict[str, Any]) -> None:
+    def __init__(self, shards: list[Any], encoder: Any, settings: Any, token_sha256: str | None = None) -> None:
         from ray.serve._private import constants as serve_constants
 
         if serve_constants.RAY_SERVE_USE_GRPC_BY_DEFAULT:
@@ -358,26 +257,32 @@ class Router:
             encoder = None if encoder is None else encoder.options(_by_reference=False)
         self.shards = shards
         self.encoder = encoder
-        self.s = settings
-        self.storage_options = settings.get("storage_options") or None
-        # Only the token's SHA-256 travels to the replicas (build_app reads the token where the app is built).
-        self.token_sha256: str | None = settings.get("_token_sha256")
+        self.settings = settings
+        self.storage_options = settings.storage_options or None
         self.version: str | None = None  # set by the first reconfigure (Serve applies user_config at start)
         self.target: str | None = None
         self._swap_task: asyncio.Task | None = None
-        self.encoder_info: dict[str, Any] | None = None
-        # mean batch = queries / fanouts; shard searches by transport (direct data plane or Serve handle)
-        self.counters = {"fanouts": 0, "queries": 0, "direct_calls": 0, "handle_calls": 0, "direct_failures": 0}
-        self._data_plane = bool(settings.get("data_plane", True))
+        self.gate = RequestGate(settings, token_sha256)
+        self.resolver = QueryResolver(
+            self._reconstruct,
+            encoder_info=None if encoder is None else (lambda: self.encoder.info.remote()),
+            encode=None if encoder is None else (lambda frames: self.encoder.encode.remote(frames)),
+            has_mask_table=bool(settings.mask_table))
+        self.fanout = FanOut(self._search_shard, len(shards))
+        # shard searches by transport (direct data plane or Serve handle)
+        self.transport = {"direct_calls": 0, "handle_calls": 0, "direct_failures": 0}
         self._planes: dict[int, list[Any]] = {}  # shard -> DataPlaneClient per live replica
         self._plane_refresh_at = [0.0] * len(shards)
         self._plane_tasks: dict[int, asyncio.Task] = {}
         self._plane_rr = [0] * len(shards)
-        self._search_batched.set_max_batch_size(int(settings["batch_max_size"]))
-        self._search_batched.set_batch_wait_timeout_s(float(settings["batch_wait_s"]))
-        self._adaptive = AdaptiveBatcher(self._search_many, int(settings["batch_max_size"]),
-                                         int(settings["batch_max_inflight"]))
-        self._batching = settings["batching"]
+        self._search_batched.set_max_batch_size(settings.batch_max_size)
+        self._search_batched.set_batch_wait_timeout_s(settings.batch_wait_s)
+        self._adaptive = AdaptiveBatcher(self._search_many, settings.batch_max_size, settings.batch_max_inflight)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Fan-outs, queries, and shard calls by transport (reported by ``/info``)."""
+        return {**self.fanout.counters, **self.transport}
 
     def _set_index(self, url: str) -> None:
         info = _open_index(url, self.storage_options).info()
@@ -416,101 +321,25 @@ class Router:
                      self.target, timeout_s, self.version)
 
     # -- request plumbing -----------------------------------------------------------------------
-    def _check_auth(self, request: Request) -> None:
-        if self.token_sha256 is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = hashlib.sha256(header[7:].strip().encode()).hexdigest() if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given, self.token_sha256):
-            raise RequestError(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
-
     async def _body(self, request: Request, model: type[BaseModel]) -> Any:
-        self._check_auth(request)
-        declared = request.headers.get("content-length")
-        limit = int(self.s["max_body_bytes"])
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        raw = await request.body()
-        if len(raw) > limit:
-            raise RequestError(413, f"request body of {len(raw)} bytes exceeds the limit of {limit} bytes")
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RequestError(400, f"malformed JSON body: {err}") from None
-        try:
-            return model.model_validate(data)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
-            raise RequestError(422, f"invalid request: {problems}") from None
+        self.gate.check_auth(request.headers)
+        self.gate.check_declared_length(request.headers)
+        return self.gate.parse(await request.body(), model)
 
-    def _check_k(self, k: int) -> int:
-        if k <= 0 or k > int(self.s["max_k"]):
-            raise RequestError(400, f"k must be between 1 and {self.s['max_k']}, got {k}")
-        return k
-
-    async def _codes(self, queries: list[Query]) -> np.ndarray:
-        """Packed codes ``(n, bits/8)`` of the queries (hex parsed, ids looked up, features encoded)."""
-        from vhindex.index.codes import hex_to_code
-
-        width = self.bits // 8
-        out = np.zeros((len(queries), width), dtype=np.uint8)
-        by_id = [(i, q.video_id) for i, q in enumerate(queries) if q.video_id is not None]
-        by_feat = [(i, q.features) for i, q in enumerate(queries) if q.features is not None]
-        for i, q in enumerate(queries):
-            if q.code is not None:
-                try:
-                    out[i] = hex_to_code(q.code, self.bits)
-                except ValueError as err:
-                    raise RequestError(400, f"queries[{i}].code: {err}") from None
-            if q.category is not None and not self.s.get("mask_table"):
-                raise RequestError(400, f"queries[{i}].category: this service has no category mask table")
-        if by_id:
-            ids = [v for _, v in by_id]
-            replies = await asyncio.gather(*[self._call(s, "reconstruct", ids, version=self.version)
-                                             for s in range(len(self.shards))], return_exceptions=True)
-            found: dict[str, bytes] = {}
-            for reply in replies:
-                if isinstance(reply, BaseException):
-                    continue
-                for vid, code in zip(ids, reply, strict=True):
-                    if code is not None:
-                        found[vid] = code
-            for i, vid in by_id:
-                if vid not in found:
-                    missing = [s for s, r in enumerate(replies) if isinstance(r, BaseException)]
-                    extra = f" (shards {missing} did not answer)" if missing else ""
-                    raise RequestError(404, f"queries[{i}].video_id: {vid!r} is not in the index{extra}")
-                out[i] = np.frombuffer(found[vid], dtype=np.uint8)
-        if by_feat:
-            if self.encoder is None:
-                raise RequestError(400, "feature queries need the service to run with a model (serve.model)")
-            if self.encoder_info is None:
-                self.encoder_info = await self.encoder.info.remote()
-            m, d = self.encoder_info["num_frames"], self.encoder_info["feature_dim"]
-            arrays = []
-            for i, feats in by_feat:
-                arr = np.asarray(feats, dtype=np.float32)
-                if arr.shape != (m, d):
-                    raise RequestError(400, f"queries[{i}].features: expected {m} frames x {d} dims, got shape "
-                                            f"{list(arr.shape)}")
-                if not np.isfinite(arr).all():
-                    raise RequestError(400, f"queries[{i}].features: NaN or Inf values")
-                arrays.append(arr)
-            codes = await self.encoder.encode.remote(np.stack(arrays))
-            for (i, _), code in zip(by_feat, codes, strict=True):
-                out[i] = code
-        return out
+    async def _reconstruct(self, ids: list[str]) -> list[Any]:
+        return await asyncio.gather(*[self._call(s, "reconstruct", ids, version=self.version)
+                                      for s in range(len(self.shards))], return_exceptions=True)
 
     async def _call(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
         """One shard call with the per-shard deadline and retries (a retry lands on another replica)."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-        attempts = int(self.s["retries"]) + 1
+        attempts = self.settings.retries + 1
         last: BaseException | None = None
         for attempt in range(attempts):
             try:
                 handle = getattr(self.shards[shard], method)
-                return await asyncio.wait_for(handle.remote(*args, **kwargs), timeout=float(self.s["shard_timeout_s"]))
+                return await asyncio.wait_for(handle.remote(*args, **kwargs), timeout=self.settings.shard_timeout_s)
             except Exception as err:
                 retriable = isinstance(err, (ActorDiedError, ActorUnavailableError, RayActorError, asyncio.TimeoutError))
                 if not retriable and not isinstance(getattr(err, "cause", None), VersionNotLoaded):
@@ -531,7 +360,7 @@ class Router:
                             version: str | None) -> Any:
         """Search shard ``s``: over a replica's direct endpoint when one is known, else (or when that
         fails in any way) through the Serve handle with its deadline and retries."""
-        if self._data_plane:
+        if self.settings.data_plane:
             self._maybe_refresh_plane(s)
             clients = self._planes.get(s)
             if clients:
@@ -540,21 +369,21 @@ class Router:
                 start = self._plane_rr[s] % len(clients)
                 client = min(clients[start:] + clients[:start], key=lambda c: c.inflight)
                 try:
-                    out = await client.search(packed, k, categories, version, float(self.s["shard_timeout_s"]))
-                    self.counters["direct_calls"] += 1
+                    out = await client.search(packed, k, categories, version, self.settings.shard_timeout_s)
+                    self.transport["direct_calls"] += 1
                     return out
                 except RemoteShardError as err:
                     if err.kind == "lookup":  # the caller's mistake (e.g. no mask table): 400, like the handle path
                         raise LookupError(err.message) from None
                     # e.g. this replica has not loaded `version` yet: the handle path retries on another one
-                    self.counters["direct_failures"] += 1
+                    self.transport["direct_failures"] += 1
                     logger.info("shard %d direct search answered %s; using the Serve handle", s, err)
                 except DataPlaneError as err:
-                    self.counters["direct_failures"] += 1
+                    self.transport["direct_failures"] += 1
                     logger.warning("shard %d data plane %s:%d failed (%s); using the Serve handle",
                                    s, client.host, client.port, err)
                     self._drop_plane_client(s, client)
-        self.counters["handle_calls"] += 1
+        self.transport["handle_calls"] += 1
         return await self._call(s, "search", packed, k, categories, version=version)
 
     def _maybe_refresh_plane(self, s: int) -> None:
@@ -588,33 +417,7 @@ class Router:
         self._planes[s] = [c for c in self._planes.get(s, []) if c is not client]
         self._plane_refresh_at[s] = min(self._plane_refresh_at[s], time.monotonic() + self.PLANE_RETRY_S)
 
-    async def _fanout(self, packed: np.ndarray, k: int, categories: np.ndarray | None) -> dict[str, Any]:
-        from vhindex.index.sharded import merge_topk
-
-        version = self.version  # one version for the whole fan-out, reported with the answer
-        self.counters["fanouts"] += 1
-        self.counters["queries"] += int(packed.shape[0])
-        replies = await asyncio.gather(*[self._search_shard(s, packed, k, categories, version)
-                                         for s in range(len(self.shards))], return_exceptions=True)
-        parts, missing = [], []
-        for s, reply in enumerate(replies):
-            if isinstance(reply, BaseException):
-                # shard-side exceptions arrive wrapped in a RayTaskError whose .cause is the original
-                cause = getattr(reply, "cause", reply)
-                if isinstance(cause, LookupError) and not isinstance(cause, VersionNotLoaded):
-                    raise RequestError(400, str(cause))
-                missing.append(s)
-                logger.error("shard %d unavailable: %s", s, reply)
-                continue
-            dist, ids, answered = reply
-            if answered != version:  # cannot happen: shards search exactly the version asked
-                raise RuntimeError(f"shard {s} answered index version {answered}, asked {version}")
-            parts.append((dist, ids))
-        if not parts:
-            raise RequestError(503, f"no shard answered (shards {missing} unavailable); retry later")
-        dist, ids = merge_topk(parts, k, self.bits)
-        return {"dist": dist, "ids": ids, "missing": missing, "version": version}
-
+    # -- batching of concurrent single queries ---------------------------------------------------
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
     async def _search_batched(self, items: list[tuple[bytes, int, int | None]]) -> list[Any]:
         """``@serve.batch`` (``serve.batching: serve_batch``): concurrent single queries share one fan-out."""
@@ -633,7 +436,7 @@ class Router:
                 out.append(await self._fanout_one(*item))
             return out
         try:
-            res = await self._fanout(packed, k, categories)
+            res = await self.fanout(packed, k, categories, self.version, self.bits)
         except RequestError as err:
             return [err] * len(items)
         return [(res["dist"][i, :kk], res["ids"][i, :kk], res["missing"], res["version"])
@@ -641,14 +444,11 @@ class Router:
 
     async def _fanout_one(self, code: bytes, k: int, category: int | None) -> Any:
         try:
-            res = await self._fanout(np.frombuffer(code, dtype=np.uint8)[None, :], k,
-                                     None if category is None else np.array([category]))
+            res = await self.fanout(np.frombuffer(code, dtype=np.uint8)[None, :], k,
+                                    None if category is None else np.array([category]), self.version, self.bits)
         except RequestError as err:
             return err
         return res["dist"][0], res["ids"][0], res["missing"], res["version"]
-
-    def _hits(self, dist: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
-        return [{"video_id": v, "distance": int(d)} for d, v in zip(dist, ids, strict=True) if v is not None]
 
     def runtime_mode(self) -> dict[str, Any]:
         """How Ray Serve runs in this replica's process (control plane: checked by :func:`deploy`)."""
@@ -664,14 +464,15 @@ class Router:
         """Top-k of one query: ``{"code"|"video_id"|"features", "k", "category"?}``."""
         t0 = time.perf_counter()
         req = await self._body(request, SearchRequest)
-        k = self._check_k(req.k)
-        packed = await self._codes([req])
+        k = self.gate.check_k(req.k)
+        packed = await self.resolver.codes([req], self.bits)
         item = (packed[0].tobytes(), k, req.category)
-        out = await (self._adaptive.submit(item) if self._batching == "adaptive" else self._search_batched(item))
+        adaptive = self.settings.batching == "adaptive"
+        out = await (self._adaptive.submit(item) if adaptive else self._search_batched(item))
         if isinstance(out, RequestError):
             raise out
         dist, ids, missing, version = out
-        return JSONResponse({"results": self._hits(dist, ids), "k": k, "partial": bool(missing),
+        return JSONResponse({"results": hits(dist, ids), "k": k, "partial": bool(missing),
                              "missing_shards": missing, "index_version": version,
                              "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
 
@@ -680,18 +481,17 @@ class Router:
         """Top-k of many queries in one fan-out: ``{"queries": [...], "k"}``."""
         t0 = time.perf_counter()
         req = await self._body(request, BatchRequest)
-        k = self._check_k(req.k)
-        if len(req.queries) > int(self.s["max_batch"]):
-            raise RequestError(400, f"at most {self.s['max_batch']} queries per batch, got {len(req.queries)}")
-        packed = await self._codes(req.queries)
+        k = self.gate.check_k(req.k)
+        self.gate.check_batch(len(req.queries))
+        packed = await self.resolver.codes(req.queries, self.bits)
         cats = [q.category for q in req.queries]
         if all(c is None for c in cats):
-            res = await self._fanout(packed, k, None)
+            res = await self.fanout(packed, k, None, self.version, self.bits)
         elif all(c is not None for c in cats):
-            res = await self._fanout(packed, k, np.array(cats))
+            res = await self.fanout(packed, k, np.array(cats), self.version, self.bits)
         else:
             raise RequestError(400, "queries of one batch must all have a category or none")
-        results = [self._hits(res["dist"][i], res["ids"][i]) for i in range(len(req.queries))]
+        results = [hits(res["dist"][i], res["ids"][i]) for i in range(len(req.queries))]
         return JSONResponse({"results": results, "k": k, "partial": bool(res["missing"]),
                              "missing_shards": res["missing"], "index_version": res["version"],
                              "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
@@ -699,7 +499,7 @@ class Router:
     @app.get("/healthz")
     async def healthz(self, request: Request) -> JSONResponse:
         """Liveness plus, per shard, whether a replica answers (``status`` ok | degraded)."""
-        self._check_auth(request)
+        self.gate.check_auth(request.headers)
         probe = np.zeros((1, self.bits // 8), dtype=np.uint8)
         replies = await asyncio.gather(*[self._call(s, "search", probe, 1, None, version=self.version)
                                          for s in range(len(self.shards))], return_exceptions=True)
@@ -711,13 +511,14 @@ class Router:
     @app.get("/info")
     async def info(self, request: Request) -> JSONResponse:
         """Index version, code length, counts per shard, index type, model version."""
-        self._check_auth(request)
+        self.gate.check_auth(request.headers)
         info = dict(self.info_cache)
+        s = self.settings
         info.update(serving_version=self.version, pending_version=self.target if self.target != self.version else None,
-                    max_k=self.s["max_k"], max_batch=self.s["max_batch"], feature_queries=self.encoder is not None,
-                    router_counters=dict(self.counters), batching=self._batching, serve_mode=self.runtime_mode(),
-                    data_plane={"enabled": self._data_plane,
-                                "endpoints": {str(s): len(self._planes.get(s, [])) for s in range(len(self.shards))}})
+                    max_k=s.max_k, max_batch=s.max_batch, feature_queries=self.encoder is not None,
+                    router_counters=self.counters, batching=s.batching, serve_mode=self.runtime_mode(),
+                    data_plane={"enabled": s.data_plane,
+                                "endpoints": {str(i): len(self._planes.get(i, [])) for i in range(len(self.shards))}})
         return JSONResponse(json.loads(json.dumps(info, default=str)))
 
 
@@ -776,19 +577,21 @@ def build_app(args: dict[str, Any]) -> Any:
                              f"not make the indexed codes ({info['bits']} bits, model version {info.get('model_version')})")
         encoder = serve.deployment(EncoderServer, name="Encoder", ray_actor_options={"num_cpus": 0.5}).bind(
             settings.model, so)
-    router_settings = settings.model_dump(mode="json", exclude={"index"})  # the index travels in user_config
+    # the index travels in user_config (a new one hot-swaps instead of restarting the router)
+    router_settings = settings.model_copy(update={"index": None})
+    token_sha256 = None
     if settings.auth_token_env:
         token = os.environ.get(settings.auth_token_env, "")
         if not token:
             raise ValueError(f"serve.auth_token_env={settings.auth_token_env!r}: that environment variable is empty or "
                              "unset where the application is built")
-        router_settings["_token_sha256"] = hashlib.sha256(token.encode()).hexdigest()
+        token_sha256 = hashlib.sha256(token.encode()).hexdigest()
     router_dep = versioned(serve.deployment(Router, name="Router", num_replicas=settings.router_replicas,
                                             ray_actor_options={"num_cpus": settings.router_cpus},
                                             user_config=user_config, max_ongoing_requests=256,
                                             logging_config=logging_config),
-                           len(shards), settings.model, router_settings)
-    return router_dep.bind(shards, encoder, router_settings)
+                           len(shards), settings.model, router_settings.model_dump(mode="json"), token_sha256)
+    return router_dep.bind(shards, encoder, router_settings, token_sha256)
 
 
 #: router replicas of the fast path take ports in [direct_port, direct_port + DIRECT_PORT_SPAN)

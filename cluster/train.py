@@ -350,7 +350,7 @@ def _fit_if_needed(cfg: Any, stage: str, **kwargs: Any) -> RayStageResult | None
 
 
 def run_recipe_on_ray(cfg: Any, *, model: str | None = None, progress: bool = True, out: Any = None,
-                      max_failures: int = 0) -> Any:
+                      max_failures: int = 0, graph_executor: Any = None) -> Any:
     """The DKPH / BTH recipe with both training stages on Ray Train; the light stages on the driver.
 
     teacher (Ray) -> teacher embeddings -> anchor graph -> student (Ray) -> codes -> mAP report.
@@ -361,10 +361,12 @@ def run_recipe_on_ray(cfg: Any, *, model: str | None = None, progress: bool = Tr
 
     Args:
         cfg: the configuration.
-        model: ``dkph`` or ``bth`` (default ``train.model``).
+        model: ``dkph`` or ``bth`` (default ``model.name``).
         progress: per-epoch lines in the worker logs.
         out: text stream for synthetic-data messages.
         max_failures: worker-group restarts per stage.
+        graph_executor: where the graph stage's maps run (see
+            :func:`vhindex.train.recipes.build_teacher_graph`).
 
     Returns:
         The :class:`vhindex.train.recipes.RecipeResult`; ``stages`` says ``"ray"`` for a training
@@ -376,9 +378,9 @@ def run_recipe_on_ray(cfg: Any, *, model: str | None = None, progress: bool = Tr
     """
     from vhindex.train import recipes
 
-    kind = model or cfg.train.model
-    if kind not in ("dkph", "bth"):
-        raise ValueError(f"train.model: unknown student {kind!r}; choose 'dkph' or 'bth'")
+    kind = model or cfg.model.name
+    if kind not in recipes.STUDENTS:
+        raise ValueError(f"model.name: unknown student {kind!r}; choose one of {list(recipes.STUDENTS)}")
     cfg = absolutize_paths(cfg)
     ray_storage(cfg)  # refuse memory:// before anything runs
     t0 = time.perf_counter()
@@ -390,9 +392,9 @@ def run_recipe_on_ray(cfg: Any, *, model: str | None = None, progress: bool = Tr
         logger.warning("the teacher stage marker was missing after the Ray run; trained %d epoch(s) in-process",
                        res.epochs_run)
     embeddings = recipes.write_teacher_embeddings(cfg, teacher, datasets["train"])
-    recipes.build_teacher_graph(cfg, embeddings)
+    recipes.build_teacher_graph(cfg, embeddings, executor=graph_executor)
     ran[kind] = _fit_if_needed(cfg, kind, progress=progress, max_failures=max_failures)
-    result = recipes.run_recipe(cfg, model=kind, progress=progress, out=out)
+    result = recipes.run_recipe(cfg, model=kind, graph_executor=graph_executor, progress=progress, out=out)
     stages = dict(result.stages)
     for name, key in (("teacher", "teacher"), (kind, "student")):
         done = ran[name]
@@ -402,8 +404,14 @@ def run_recipe_on_ray(cfg: Any, *, model: str | None = None, progress: bool = Tr
     return result
 
 
-def run_training_job(cfg: Any, *, progress: bool = True, out: Any = None) -> Any:
-    """What ``jobs/train_dkph.py`` runs: the recipe on Ray (``train.backend``) or in-process.
+def run_training_job(cfg: Any, *, progress: bool = True, out: Any = None, graph_executor: Any = None) -> Any:
+    """What ``vhindex train`` / ``jobs/train_dkph.py`` run: the recipe on Ray (``train.backend``) or in-process.
+
+    Args:
+        cfg: the configuration.
+        progress: per-epoch progress lines.
+        out: text stream for synthetic-data messages.
+        graph_executor: where the graph stage's maps run (the app layer picks it from ``graph``).
 
     Returns:
         The :class:`vhindex.train.recipes.RecipeResult`.
@@ -412,12 +420,12 @@ def run_training_job(cfg: Any, *, progress: bool = True, out: Any = None) -> Any
 
     if resolve_backend(cfg) == "local":
         logger.info("training in-process (train.backend=%s)", getattr(cfg.train, "backend", "auto"))
-        return recipes.run_recipe(absolutize_paths(cfg), progress=progress, out=out)
+        return recipes.run_recipe(absolutize_paths(cfg), graph_executor=graph_executor, progress=progress, out=out)
     import ray
 
     started = connect_ray()
     try:
-        return run_recipe_on_ray(cfg, progress=progress, out=out)
+        return run_recipe_on_ray(cfg, progress=progress, out=out, graph_executor=graph_executor)
     finally:
         if started:
             ray.shutdown()

@@ -1,20 +1,15 @@
-"""Entry point: the demo pipeline as a job (``python jobs/demo.py --config configs/demo.yaml [overrides]``).
-
-Thin by design: parse config -> log the resolved config -> run -> exit code.
-"""
+"""The demo pipeline as a job: ``python jobs/demo.py --config configs/demo.yaml [overrides]``."""
 
 from __future__ import annotations
 
 import sys
 
-from vhindex.config import load_job_config
-from vhindex.demo import run_demo
-
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_job_config(argv, default_config="configs/demo.yaml", description=__doc__.splitlines()[0], job="demo")
-    run_demo(cfg, out=sys.stdout)
-    return 0
+    """Run the demo; returns the process exit code."""
+    from vhindex.app.jobs import demo_main
+
+    return demo_main(argv, description=(__doc__ or "").splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Runs under ``ray job submit --working-dir . -- python jobs/extract_features.py -
 with ``extract.pipeline.engine=local``). Sharded and resumable: re-running the same command skips
 finished shards; see :mod:`vhindex.pipelines`.
 
-Exit codes: see :func:`vhindex.pipelines.jobs.job_main`.
+Exit codes: see :func:`vhindex.app.jobs.pipeline_job_main`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; returns the process exit code."""
-    from vhindex.pipelines.jobs import job_main
+    from vhindex.app.jobs import pipeline_job_main
 
-    return job_main("extract", argv, description=(__doc__ or "").splitlines()[0],
-                    default_config="configs/extract/example.yaml")
+    return pipeline_job_main("extract", argv, description=(__doc__ or "").splitlines()[0],
+                             default_config="configs/extract/example.yaml")
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def _literal_rankings(codes: np.ndarray, queries: np.ndarray) -> np.ndarray:
 def test_tiny_lsh_numbers_equal_a_literal_recomputation(tiny_run) -> None:
     """LSH-16's table entries recomputed from the extracted features with loops written from the definitions."""
     from vhindex.data import FrameDataset
-    from vhindex.pipeline import encode_in_memory, fit_model
+    from vhindex.inprocess import encode_in_memory, fit_model
 
     cfg, out, tmp, _ = tiny_run
     work = f"{tmp}/work"

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from vhindex.cli import main
+from vhindex.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vhindex.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "vhindex.app.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=600)
 
 
 # The demo's learned students on the tiny preset: a small net, 1-2 epochs, few anchors (seconds).
-SMALL_DKPH = ("train.hidden=32", "train.ffn=64", "train.teacher_epochs=1", "train.epochs=2", "train.anchors=16",
+SMALL_DKPH = ("model.params.hidden=32", "model.params.ffn=64", "train.teacher_epochs=1", "train.epochs=2", "graph.anchors=16",
               "train.pair_backend=numpy")
 
 
@@ -76,7 +76,7 @@ def test_stage_commands_chain(tmp_path, capsys):
     for split in ("query", "database"):
         assert main(["encode", "--model", str(model), "--frames", str(data / split),
                      "--out", str(tmp_path / "codes" / split), "--engine", "local"]) == 0
-    assert main(["index", "--codes", str(tmp_path / "codes" / "database"), "--out", str(tmp_path / "index")]) == 0
+    assert main(["index", "flat", "--codes", str(tmp_path / "codes" / "database"), "--out", str(tmp_path / "index")]) == 0
     capsys.readouterr()
     assert main(["query", "--index", str(tmp_path / "index"), "--video-id", "database-0000003", "-k", "4"]) == 0
     hits = json.loads(capsys.readouterr().out)

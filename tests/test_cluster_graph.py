@@ -1,4 +1,5 @@
-"""The Dask / Dask-on-Ray anchor graph (cluster.graph) against the in-process reference.
+"""The anchor-graph stage (vhindex.graph.stage) on the Dask / Dask-on-Ray executors (cluster.graph)
+against the in-process reference.
 
 A real ``distributed.LocalCluster`` (2 workers x 1 thread, 127.0.0.1, no dashboard) is shared by
 the module. Every executor must give the *same bits* as ``SequentialExecutor`` for the same
@@ -20,26 +21,21 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-# Ray on a shared box: loopback only, no auth-token file, no usage stats (before ray starts).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray on a shared box: no auth-token file, no usage stats (connect_ray pins it to loopback).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 pytest.importorskip("distributed")
 
-from cluster.graph import (  # noqa: E402
-    DaskExecutor,
-    GraphManifest,
-    ParquetChunkSource,
-    build_graph,
-    connect,
-    load_graph,
-    make_executor,
-)
+from cluster.graph import DaskExecutor, connect, dask_executor_factory, make_executor  # noqa: E402
+from vhindex.config import GraphSection  # noqa: E402
 from vhindex.data import EmbeddingDatasetMeta, EmbeddingDatasetWriter, IncompleteDatasetError  # noqa: E402
 from vhindex.graph.anchor_graph import AnchorGraph  # noqa: E402
 from vhindex.graph.kmeans import fit_kmeans  # noqa: E402
 from vhindex.graph.sequential import SequentialExecutor  # noqa: E402
+from vhindex.graph.source import ParquetChunkSource  # noqa: E402
+from vhindex.graph.stage import GraphManifest, load_graph  # noqa: E402
+from vhindex.graph.stage import build_graph as build_graph_stage  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +43,17 @@ ROOT = Path(__file__).resolve().parents[1]
 N, D, CLUSTERS = 3000, 32, 25
 ROWS_PER_CHUNK = 600  # row groups of 250 -> chunks of 500 rows (2 row groups), some crossing files
 KM = {"n_iter": 6, "init": "k-means++", "tol": 0.0}
+
+
+def build_graph(url: str, out: str, *, k: int = 2000, a: int = 5, rule: str = "bth", rows_per_chunk: int = 50_000,
+                seed: int = 0, connection=None, storage_options=None, **kmeans) -> GraphManifest:
+    """The stage with the algorithm in a GraphSection and the maps on ``connection`` (a Dask client / RayDask)."""
+    section = GraphSection.model_validate({"anchors": k, "nearest_anchors": min(max(a, 5), k), "rule": rule,
+                                           "rows_per_chunk": rows_per_chunk, "kmeans": kmeans})
+    if section.nearest_anchors != a:  # the checks under test live in build_graph itself, not only in the config
+        section = section.model_construct(**{**dict(section), "nearest_anchors": a})
+    return build_graph_stage(section, dask_executor_factory(section, connection), embeddings_url=url, out_url=out,
+                             seed=seed, storage_options=storage_options)
 
 
 def _clustered(n: int, d: int, clusters: int, seed: int) -> np.ndarray:
@@ -242,9 +249,9 @@ def test_dask_on_ray_gives_the_same_anchors(tmp_path):
 def test_bad_inputs_give_clear_errors(client, data, tmp_path):
     url = data[0]
     out = str(tmp_path / "g")
-    with pytest.raises(ValueError, match=r"k=5000 anchors but the embeddings dataset .* has only N=3000"):
+    with pytest.raises(ValueError, match=r"graph.anchors=5000 but the embeddings dataset .* has only N=3000"):
         build_graph(url, out, k=5000, connection=client)
-    with pytest.raises(ValueError, match=r"rule 'bth' needs 5 nearest anchors per video but a=3"):
+    with pytest.raises(ValueError, match=r"rule 'bth' needs 5 nearest anchors per video but graph.nearest_anchors=3"):
         build_graph(url, out, k=20, a=3, connection=client)
     with pytest.raises(IncompleteDatasetError, match="no _manifest.json"):
         build_graph(str(tmp_path / "nowhere"), out, k=20, connection=client)
@@ -278,14 +285,14 @@ def test_load_checks_the_dimension(client, tmp_path):
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
 
 
 def test_cli_and_job_on_the_demo_config(tmp_path):
-    small = ["graph.synth.num_videos=600", "graph.k=12", "graph.rows_per_chunk=200", "graph.kmeans.n_iter=3"]
+    small = ["graph.synth.num_videos=600", "graph.anchors=12", "graph.rows_per_chunk=200", "graph.kmeans.n_iter=3"]
     out = tmp_path / "run"
-    proc = _run("-m", "vhindex.cli", "graph", "--config", "configs/graph/demo.yaml", f"run.output_dir={out}", *small)
+    proc = _run("-m", "vhindex.app.cli", "graph", "--config", "configs/graph/demo.yaml", f"run.output_dir={out}", *small)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "anchor graph: k=12 anchors, a=5 per video, N=600" in proc.stdout
     manifest = json.loads((out / "graph" / "graph.json").read_text())
@@ -295,7 +302,7 @@ def test_cli_and_job_on_the_demo_config(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resolved config" in proc.stderr and "complete, skipping" in proc.stdout
     # a bad config is exit code 2; a missing input is exit code 1 with the reason
-    proc = _run("jobs/build_graph.py", "--config", "configs/graph/demo.yaml", "graph.k=0")
-    assert proc.returncode == 2 and "graph.k" in proc.stderr
-    proc = _run("-m", "vhindex.cli", "graph", "--config", "configs/graph/fcvid.yaml", f"run.output_dir={out}")
+    proc = _run("jobs/build_graph.py", "--config", "configs/graph/demo.yaml", "graph.anchors=0")
+    assert proc.returncode == 2 and "graph.anchors" in proc.stderr
+    proc = _run("-m", "vhindex.app.cli", "graph", "--config", "configs/graph/fcvid.yaml", f"run.output_dir={out}")
     assert proc.returncode == 1 and "graph.embeddings is required" in proc.stderr

@@ -41,7 +41,7 @@ def _main(argv: list[str]) -> int:
 def tiny_data(tmp_path_factory) -> str:
     """The demo config's synthetic frame datasets (train / query / database) in a folder."""
     from vhindex.config import load_config
-    from vhindex.demo import ensure_synthetic
+    from vhindex.data.synth import ensure_synthetic
 
     url = str(tmp_path_factory.mktemp("tiny-data"))
     ensure_synthetic(load_config(REPO / DEMO), url)
@@ -52,9 +52,9 @@ def tiny_data(tmp_path_factory) -> str:
 
 
 def test_bad_bits_exits_2_naming_the_key(tmp_path):
-    proc = _run_job(DEMO, f"run.output_dir={tmp_path}", "train.bits=12", timeout=120)
+    proc = _run_job(DEMO, f"run.output_dir={tmp_path}", "model.bits=12", timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "train.bits" in proc.stderr and "multiple of 8" in proc.stderr
+    assert "model.bits" in proc.stderr and "multiple of 8" in proc.stderr
     assert not (tmp_path / "teacher").exists()
 
 
@@ -63,15 +63,15 @@ def test_data_problems_exit_2_before_training(case, tiny_data, tmp_path, capsys)
     urls = [f"data.train={tiny_data}/train", f"data.query={tiny_data}/query", f"data.database={tiny_data}/database"]
     config, extra, key = DEMO, [], ""
     if case == "feature_dim":
-        extra, key = [*urls, "train.feature_dim=32"], "train.feature_dim=32"
+        extra, key = [*urls, "model.params.feature_dim=32"], "model.params.feature_dim=32"
     elif case == "num_frames":
-        extra, key = [*urls, "train.num_frames=25"], "train.num_frames=25"
+        extra, key = [*urls, "model.params.num_frames=25"], "model.params.num_frames=25"
     elif case == "missing_path":
         extra, key = [f"data.train={tmp_path}/nope", *urls[1:]], "data.train"
     elif case == "partial_urls":
         extra, key = urls[:1], "data.query, data.database"
     else:
-        config, key = "configs/train/fcvid-64.yaml", "data.train, data.query, data.database: required"
+        config, key = "configs/train/fcvid.yaml", "data.train, data.query, data.database: required"
     rc = _main(["--config", config, f"run.output_dir={tmp_path}/run", *extra])
     err = capsys.readouterr().err
     assert rc == 2, err

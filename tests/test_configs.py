@@ -27,7 +27,8 @@ def test_every_config_file_validates(path):
 
 
 def test_dotted_overrides_are_typed_and_nested():
-    cfg = load_config(CONFIG_DIR / "demo.yaml", ["model.bits=32", "demo.bits=[16, 64]", "eval.protocol=standard",
+    # (configs/demo.yaml's model section is its DKPH students' architecture: the defaults' ITQ takes n_iter)
+    cfg = load_config(None, ["model.bits=32", "demo.bits=[16, 64]", "eval.protocol=standard",
                                                  "run.output_dir=memory://x", "model.params.n_iter=5"])
     assert cfg.model.bits == 32
     assert cfg.demo.bits == [16, 64]
@@ -68,3 +69,31 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(bad)
+
+
+def test_moved_keys_fail_naming_their_replacement(tmp_path):
+    from vhindex.config import RENAMED_KEYS
+
+    assert RENAMED_KEYS["train.bits"] == "model.bits" and RENAMED_KEYS["graph.k"] == "graph.anchors"
+    for old, new in RENAMED_KEYS.items():
+        with pytest.raises(ConfigError) as info:
+            load_config(None, [f"{old}=1"])
+        assert info.value.problems == [(old, f"this key moved: use {new} instead")], info.value.problems
+    # in a file, together with every other problem
+    path = tmp_path / "old.yaml"
+    path.write_text("train:\n  bits: 16\n  anchors: 100\n  epochs: -1\nindex:\n  k: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert dict(info.value.problems) == {"train.bits": "this key moved: use model.bits instead",
+                                         "train.anchors": "this key moved: use graph.anchors instead",
+                                         "index.k": "this key moved: use index.top_k instead",
+                                         "train.epochs": "Input should be greater than or equal to 0 (got -1)"}
+
+
+def test_storage_options_are_given_once_and_sections_may_override():
+    cfg = load_config(None, ["run.storage_options={anon: true}", "serve.storage_options={key: k}"])
+    assert cfg.run.storage_options == {"anon": True}
+    for section in ("data", "graph", "index", "extract", "encode"):
+        assert getattr(cfg, section).storage_options == {"anon": True}, section
+    assert cfg.serve.storage_options == {"key": "k"}
+    assert load_config(None).data.storage_options == {}

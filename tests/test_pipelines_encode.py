@@ -1,4 +1,4 @@
-"""Sharded encoding (vhindex.pipelines + cluster.pipelines): oracle = the model encoding in-process.
+"""Sharded encoding (vhindex.pipelines + cluster.data): oracle = the model encoding in-process.
 
 Real parts: Parquet datasets on local disk, a real local Ray with a Ray Data actor pool, the real
 job script as a subprocess.
@@ -18,8 +18,8 @@ import pytest
 from vhindex.data import CodesDataset, FrameDataset
 from vhindex.data.schema import FrameDatasetMeta
 from vhindex.data.writer import FrameDatasetWriter
+from vhindex.inprocess import encode_in_memory
 from vhindex.models import build_model
-from vhindex.pipeline import encode_in_memory
 from vhindex.pipelines import EncodeJob, ShardedOutput, run_local, run_sharded_job
 from vhindex.pipelines.shards import STATS_NAME
 
@@ -184,7 +184,7 @@ def test_model_and_dataset_shapes_must_agree(corpus, tmp_path):
 
 @pytest.mark.integration
 def test_ray_actor_pool_writes_the_same_codes_as_in_process(corpus, tmp_path, local_ray):
-    from cluster.pipelines import ray_engine
+    from cluster.data import ray_engine
     from vhindex.config import PipelineSection
 
     root, _, itq, _ = corpus
@@ -216,7 +216,7 @@ def test_encode_job_script_and_cli(corpus, tmp_path):
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "encode.frames" in missing.stderr
 
-    from vhindex.cli import main
+    from vhindex.app.cli import main
 
     out = tmp_path / "cli-codes"
     assert main(["encode", "--model", itq, "--frames", str(root / "frames"), "--out", str(out), "--engine", "local"]) == 0

@@ -165,7 +165,7 @@ def test_local_extraction_matches_the_extractor_and_counts_corrupted_videos(clip
 @pytest.mark.integration
 @pytest.mark.slow
 def test_killing_an_actor_mid_job_loses_and_duplicates_nothing(clips, oracle, tmp_path, local_ray):
-    from cluster.pipelines import ray_engine
+    from cluster.data import ray_engine
     from vhindex.config import PipelineSection
 
     # 3 copies of each clip (21 one-video shards): on a loaded machine the actor must not finish every
@@ -283,7 +283,7 @@ def test_extraction_reads_videos_and_writes_features_on_s3(clips, oracle, s3_ser
 
 
 def test_vhindex_extract_cli(clips, tmp_path, capsys):
-    from vhindex.cli import main
+    from vhindex.app.cli import main
 
     out = tmp_path / "feats"
     code = main(["extract", "--listing", str(clips), "--out", str(out), "--engine", "local", "--num-frames", "3",

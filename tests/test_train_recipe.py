@@ -18,8 +18,8 @@ from vhindex.train.recipes import PartnerFrames, check_datasets, run_bth_recipe,
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "train" / "demo.yaml"
 TINY = [  # M=8, D=64, d=32, 16 bits, 2 + 2 epochs; 16 anchors (with 8 the bth rule on 5 nearest
     # anchors links every pair of the 256 videos: no negatives, the pair sampler refuses)
-    "train.num_frames=8", "train.feature_dim=64", "train.hidden=32", "train.ffn=64", "train.bits=16",
-    "train.teacher_epochs=2", "train.epochs=2", "train.anchors=16", "train.graph_executor=sequential",
+    "model.params.num_frames=8", "model.params.feature_dim=64", "model.params.hidden=32", "model.params.ffn=64", "model.bits=16",
+    "train.teacher_epochs=2", "train.epochs=2", "graph.anchors=16", "graph.executor=sequential",
     "train.pair_backend=numpy", "train.device=cpu", "train.batch_size=64", "eval.plots=false",
 ]
 
@@ -92,7 +92,7 @@ def test_teacher_resume_is_identical_to_a_straight_run(finished, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # a checkpoint made with other settings is refused, naming what differs
     with pytest.raises(ValueError, match="different settings.*hidden"):
-        train_teacher(_cfg(tmp_path / "b", *data, "train.hidden=16", "train.teacher_epochs=3"), progress=False)
+        train_teacher(_cfg(tmp_path / "b", *data, "model.params.hidden=16", "train.teacher_epochs=3"), progress=False)
 
 
 def test_partner_frames_in_memory_and_by_row_group_agree(finished):
@@ -115,14 +115,14 @@ def _data_overrides(out: Path) -> list[str]:
 
 def test_frame_shape_mismatch_names_both(finished, tmp_path):
     _, out, _ = finished
-    with pytest.raises(ValueError, match=r"M=8 frames x D=64 dims.*train.num_frames=9, train.feature_dim=64"):
-        check_datasets(_cfg(tmp_path, *_data_overrides(out), "train.num_frames=9"))
+    with pytest.raises(ValueError, match=r"M=8 frames x D=64 dims.*model.params.num_frames=9, model.params.feature_dim=64"):
+        check_datasets(_cfg(tmp_path, *_data_overrides(out), "model.params.num_frames=9"))
 
 
 def test_bits_must_be_a_multiple_of_8():
     with pytest.raises(ConfigError) as info:
-        load_config(DEMO, ["train.bits=12"])
-    assert info.value.problems[0][0] == "train.bits" and "multiple of 8" in info.value.problems[0][1]
+        load_config(DEMO, ["model.bits=12"])
+    assert info.value.problems[0][0] == "model.bits" and "multiple of 8" in info.value.problems[0][1]
 
 
 def test_missing_dataset_paths_name_the_key(finished, tmp_path):
@@ -136,8 +136,8 @@ def test_missing_dataset_paths_name_the_key(finished, tmp_path):
 
 def test_too_many_anchors(finished, tmp_path):
     _, out, _ = finished
-    with pytest.raises(ValueError, match="train.anchors=1000"):
-        check_datasets(_cfg(tmp_path, *_data_overrides(out), "train.anchors=1000"))
+    with pytest.raises(ValueError, match="graph.anchors=1000"):
+        check_datasets(_cfg(tmp_path, *_data_overrides(out), "graph.anchors=1000"))
 
 
 def test_graph_and_training_ids_must_match(finished, tmp_path):
@@ -159,7 +159,7 @@ def test_student_evaluates_every_epoch_when_asked(finished, tmp_path):
 
 def test_student_hash_input_mean_is_threaded_to_the_model(finished, tmp_path):
     cfg, out, _ = finished
-    mean_cfg = _cfg(tmp_path, *_data_overrides(out), "train.epochs=1", "train.hash_input=mean")
+    mean_cfg = _cfg(tmp_path, *_data_overrides(out), "train.epochs=1", "model.params.hash_input=mean")
     model, result = recipes.train_student(mean_cfg, graph_url=str(out / "graph"), progress=False)
     assert result is not None and model.hash_input == "mean" and model.net.hash.in_features == 32
     loaded = load_model(str(tmp_path / "model"))
@@ -173,3 +173,28 @@ def test_student_hash_input_mean_is_threaded_to_the_model(finished, tmp_path):
     with pytest.raises(ValueError, match="different settings.*hash_input"):
         recipes.train_student(_cfg(tmp_path, *_data_overrides(out), "train.epochs=2"), graph_url=str(out / "graph"),
                               progress=False)
+
+
+def test_vhindex_graph_and_training_build_the_same_graph(finished, tmp_path):
+    """One place for the graph settings: `vhindex graph` (here on a local Dask cluster) with the training
+    config's `graph` section, on the teacher's embeddings, writes the graph training built in-process."""
+    import subprocess
+    import sys
+
+    from vhindex.graph.stage import load_graph
+
+    cfg, out, _ = finished
+    pytest.importorskip("distributed")
+    args = [f"--config={DEMO}", *TINY, f"run.output_dir={out}", f"graph.embeddings={out}/teacher/embeddings",
+            f"graph.out={tmp_path}/graph", "graph.executor=dask", "graph.n_workers=1"]
+    proc = subprocess.run([sys.executable, "-m", "vhindex", "graph", *args], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a_train, g_train, ids_train, m_train = load_graph(str(out / "graph"))
+    a_cli, g_cli, ids_cli, m_cli = load_graph(str(tmp_path / "graph"))
+    assert m_cli.executor.startswith("dask") and m_train.executor == "SequentialExecutor"
+    assert m_cli.fingerprint == m_train.fingerprint and (m_cli.k, m_cli.a) == (cfg.graph.anchors, cfg.graph.nearest_anchors)
+    assert np.array_equal(a_cli, a_train) and ids_cli == ids_train
+    for s in g_train.levels:
+        assert np.array_equal(g_cli.levels[s].ids, g_train.levels[s].ids)
+        assert np.array_equal(g_cli.levels[s].z, g_train.levels[s].z)

@@ -60,7 +60,9 @@ class RunSection(_Section):
 
     seed: int = Field(0, description="Seed for everything random in the run.")
     output_dir: str = Field("runs/default", description="fsspec URL of the run folder.")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for output_dir.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for output_dir, and the default of every section's "
+                                          "storage_options (a section that sets its own overrides it).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -70,7 +72,8 @@ class DataSection(_Section):
     train: str | None = None
     query: str | None = None
     database: str | None = None
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options of the datasets "
+                                                                            "(default: run.storage_options).")
     batch_size: int = Field(1024, gt=0, description="Videos per streamed batch.")
 
 
@@ -142,11 +145,12 @@ class IndexSection(_Section):
     params: dict[str, Any] = Field(default_factory=dict, description="Index-type parameters (hnsw: M, ef_search; "
                                                                      "ivf: nlist, nprobe; multihash: nhash, b).")
     threads: int | None = Field(None, gt=0, description="faiss OpenMP threads; None keeps faiss's default.")
-    k: int = Field(10, gt=0, le=10_000, description="Neighbours returned per query.")
+    top_k: int = Field(10, gt=0, le=10_000, description="Neighbours returned per query.")
     codes: str | None = Field(None, description="Codes dataset to index (fsspec URL).")
     out: str | None = Field(None, description="Sharded index folder to write (fsspec URL).")
     num_shards: int = Field(1, gt=0, description="Balanced shards (one Serve deployment each).")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for codes and out.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for codes and out "
+                                                                            "(default: run.storage_options).")
 
 
 class DemoSection(_Section):
@@ -223,22 +227,30 @@ class GraphSynthSection(_Section):
 
 
 class GraphSection(_Section):
-    """The anchor graph (``vhindex graph``, ``jobs/build_graph.py``): k-means anchors + nearest anchors.
+    """The anchor graph: k-means anchors + each video's nearest anchors (``vhindex graph``,
+    ``jobs/build_graph.py``, and the graph stage of training -- which reads its settings from here only).
 
-    ``address`` picks the executor: ``null`` starts a local Dask cluster (``n_workers`` x
-    ``threads_per_worker``), ``"ray"`` runs Dask-on-Ray on the current / auto-detected Ray cluster,
-    ``"tcp://host:8786"`` connects to an existing Dask scheduler.
+    ``executor`` picks where the k-means and nearest-anchor passes run: ``sequential`` in this process
+    (small data, tests), ``dask`` on the Dask cluster that ``address`` names: ``null`` starts a local
+    Dask cluster (``n_workers`` x ``threads_per_worker``), ``"ray"`` runs Dask-on-Ray on the current /
+    auto-detected Ray cluster, ``"tcp://host:8786"`` connects to an existing Dask scheduler. Both give
+    bit-identical graphs (chunk-order reduction).
     """
 
-    embeddings: str | None = Field(None, description="fsspec URL of the embeddings dataset (teacher output).")
+    embeddings: str | None = Field(None, description="fsspec URL of the embeddings dataset (teacher output); "
+                                                     "training sets it to its teacher's embeddings.")
     out: str | None = Field(None, description="fsspec URL of the graph folder; null = <run.output_dir>/graph.")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for both URLs.")
-    k: int = Field(2000, gt=0, description="Number of anchors (k-means centroids).")
-    a: int = Field(5, gt=0, description="Nearest anchors kept per video.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for both URLs "
+                                                                            "(default: run.storage_options).")
+    anchors: int = Field(2000, gt=0, description="Number of anchors (k-means centroids; the papers' k, released: 2000).")
+    nearest_anchors: int = Field(5, gt=0, description="Nearest anchors kept per video (the papers' s / a).")
     rule: Literal["bth", "nph", "gaussian"] = Field("bth", description="Anchor-graph rule (vhindex.graph.anchor_graph).")
     rule_params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the rule.")
     kmeans: KMeansSection = Field(default_factory=KMeansSection)
-    address: str | None = Field(None, description='null (local Dask cluster), "ray" or a Dask scheduler address.')
+    executor: Literal["dask", "sequential"] = Field(
+        "dask", description="dask: on the Dask cluster of `address`; sequential: in this process (small data, tests).")
+    address: str | None = Field(None, description='executor dask: null (local Dask cluster), "ray" (Dask-on-Ray) or '
+                                                  "a Dask scheduler address.")
     n_workers: int = Field(2, gt=0, description="Workers of the local Dask cluster (address null).")
     threads_per_worker: int = Field(1, gt=0, description="Threads per local Dask worker (and per task).")
     rows_per_chunk: int = Field(50_000, gt=0, description="Upper bound on rows per map task (row groups never split).")
@@ -252,45 +264,32 @@ class GraphSection(_Section):
         raise ValueError(f'must be null, "ray" or a Dask scheduler address such as tcp://host:8786, got {v!r}')
 
     @model_validator(mode="after")
-    def _a_fits(self) -> GraphSection:
-        if self.a > self.k:
-            raise ValueError(f"graph.a: must be at most graph.k={self.k} (nearest anchors per video), got {self.a}")
+    def _nearest_fits(self) -> GraphSection:
+        a = self.nearest_anchors
+        if a > self.anchors:
+            raise ValueError(f"graph.nearest_anchors: must be at most graph.anchors={self.anchors}, got {a}")
         need = 5 if self.rule == "bth" else self.rule_params.get("a", 3)
-        if isinstance(need, int) and self.a < need:
-            raise ValueError(f"graph.a: rule {self.rule!r} needs {need} nearest anchors per video, got {self.a}")
+        if isinstance(need, int) and a < need:
+            raise ValueError(f"graph.nearest_anchors: rule {self.rule!r} needs {need} nearest anchors per video, got {a}")
         return self
 
 
 class TrainSection(_Section):
-    """Learned hashers (``vhindex.train``): teacher -> embeddings -> graph -> student (DKPH or BTH).
+    """How learned hashers train (``vhindex train``, ``jobs/train_dkph.py``, :mod:`vhindex.train`):
+    teacher -> embeddings -> graph -> student -> codes -> mAP.
 
-    The frame datasets come from the ``data`` section (``data.train`` / ``data.query`` /
-    ``data.database``; all null = synthesize ``synth`` data into ``<run.output_dir>/data``). The
-    schedule defaults are the released ones (Adam 3e-4, ``lr = max(3e-4 * 0.9 ** (epoch // 20), 1e-4)``,
-    batch 256). The released DKPH sets ``num_epochs=48`` but its loop breaks only after epoch 48,
-    so it trains **49** epochs -- the default here. The k-means details of the graph (iterations,
-    init, local Dask workers, rows per chunk) are read from the ``graph`` section.
+    The student is ``model.name`` (``dkph`` or ``bth``) at ``model.bits``; its architecture is
+    ``model.params`` (``num_frames``, ``feature_dim``, ``hidden``, ``layers``, ``heads``, ``ffn``,
+    ``dropout`` and the DKPH switches), shared by the teacher. The graph stage reads the ``graph``
+    section. The frame datasets come from the ``data`` section (all null = synthesize ``synth`` data
+    into ``<run.output_dir>/data``). The schedule defaults are the released ones (Adam 3e-4,
+    ``lr = max(3e-4 * 0.9 ** (epoch // 20), 1e-4)``, batch 256). The released DKPH sets
+    ``num_epochs=48`` but its loop breaks only after epoch 48, so it trains **49** epochs -- the default here.
     """
 
-    model: Literal["dkph", "bth"] = Field("dkph", description="The student: DKPH, or the BTH baseline.")
-    bits: int = Field(64, description="Code length K (multiple of 8).")
-    num_frames: int = Field(25, gt=0, description="M, frames per video (must equal the dataset's).")
-    feature_dim: int = Field(4096, gt=0, description="D, dims per frame (must equal the dataset's).")
-    hidden: int = Field(256, gt=0, description="Transformer width d (teacher and student).")
-    layers: int = Field(1, gt=0)
-    heads: int = Field(1, gt=0)
-    ffn: int = Field(1024, gt=0)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    temporal: bool = Field(True, description="DKPH temporal layer (False: ablation).")
-    use_tsim: bool = Field(True, description="DKPH L_tsim (False: ablation).")
-    use_bsim: bool = Field(True, description="DKPH L_bsim (False: ablation).")
-    hash_input: Literal["flatten", "mean"] = Field(
-        "flatten", description='DKPH hash layer input: "flatten" (released: Linear(M*d -> K) on the flattened '
-                               'encoder states, weights tied to frame positions) or "mean" (Linear(d -> K) on '
-                               "their mean over frames).")
-    gamma1: float = Field(0.11, ge=0.0, description="Weight of L_bsim.")
-    gamma2: float = Field(0.9, ge=0.0, description="Weight of L_tsim.")
-    teacher_bits: int | None = Field(None, description="Teacher per-frame code length; null = bits.")
+    gamma1: float = Field(0.11, ge=0.0, description="DKPH: weight of L_bsim.")
+    gamma2: float = Field(0.9, ge=0.0, description="DKPH: weight of L_tsim.")
+    teacher_bits: int | None = Field(None, description="Teacher per-frame code length; null = model.bits.")
     teacher_epochs: int = Field(
         49, ge=0, description="Teacher (reconstruction-only BTH) epochs; the BTH author used 250-300 on ActivityNet.")
     epochs: int = Field(49, ge=0, description="Student epochs (released DKPH: num_epochs=48, i.e. 49 run).")
@@ -300,11 +299,6 @@ class TrainSection(_Section):
     lr_decay_every: int = Field(20, gt=0)
     lr_min: float = Field(1e-4, ge=0.0)
     mask_prob: float = Field(0.15, ge=0.0, le=1.0, description="BERT-style frame masking probability.")
-    anchors: int = Field(2000, gt=0, description="k-means anchors of the graph (released: 2000).")
-    graph_rule: Literal["bth", "nph", "gaussian"] = "bth"
-    graph_executor: Literal["dask", "sequential"] = Field(
-        "dask", description="dask: build_graph on dask_address; sequential: in-process (small data, tests).")
-    dask_address: str | None = Field(None, description='null (local Dask cluster), "ray" or a scheduler address.')
     pair_backend: Literal["auto", "numba", "numpy"] = Field("auto", description="PairSampler backend.")
     shuffle_buffer: int = Field(8192, ge=0, description="Videos mixed per shuffle (row-group order is shuffled too).")
     partner_cache_bytes: int = Field(
@@ -315,40 +309,23 @@ class TrainSection(_Section):
     eval_every: int = Field(0, ge=0, description="Student epochs between mAP evaluations (0: only at the end).")
     device: str = Field("auto", description='"auto" (CUDA when available), "cpu", "cuda", "cuda:0", ...')
     backend: Literal["auto", "ray", "local"] = Field(
-        "auto", description='Where jobs/train_dkph.py trains: "ray" (Ray Train, cluster.train), "local" '
-                            '(in-process), "auto" (Ray when RAY_ADDRESS is set, e.g. under `ray job submit`, '
-                            "or num_workers > 1; else in-process).")
+        "auto", description='Where training runs: "ray" (Ray Train, cluster.train), "local" (in-process), "auto" '
+                            "(Ray when RAY_ADDRESS is set, e.g. under `ray job submit`, or num_workers > 1; "
+                            "else in-process).")
     num_workers: int = Field(1, gt=0, description="Ray Train workers (cluster runs).")
     use_gpu: bool = Field(False, description="Ray Train workers use one GPU each.")
-
-    @field_validator("bits")
-    @classmethod
-    def _bits_ok(cls, v: int) -> int:
-        return _check_bits(v)
 
     @field_validator("teacher_bits")
     @classmethod
     def _teacher_bits_ok(cls, v: int | None) -> int | None:
         return None if v is None else _check_bits(v)
 
-    @field_validator("dask_address")
-    @classmethod
-    def _address_ok(cls, v: str | None) -> str | None:
-        if v is None or v == "ray" or ":" in v:
-            return v
-        raise ValueError(f'must be null, "ray" or a Dask scheduler address such as tcp://host:8786, got {v!r}')
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> TrainSection:
-        if self.hidden % self.heads:
-            raise ValueError(f"train.heads: must divide train.hidden={self.hidden}, got {self.heads}")
-        return self
 
 class PipelineSection(_Section):
     """How a sharded Ray Data job (extraction, encoding) runs: engine, actor pool, failure policy."""
 
     engine: Literal["auto", "ray", "local"] = Field(
-        "auto", description='"ray": Ray Data actor pool (cluster.pipelines); "local": in-process, one shard at a '
+        "auto", description='"ray": Ray Data actor pool (cluster.data); "local": in-process, one shard at a '
                             'time; "auto": Ray when it is installed.')
     address: str | None = Field(
         None, description="Ray address; null = the job's cluster ($RAY_ADDRESS, e.g. under `ray job submit`) "
@@ -380,7 +357,8 @@ class ExtractSection(_Section):
                           ".parquet with columns uri[, video_id][, labels]) or a folder (searched recursively "
                           "for `extensions`).")
     out: str | None = Field(None, description="fsspec URL of the frame-feature dataset to write.")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (videos and output).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (videos and output; "
+                                                                            "default: run.storage_options).")
     extensions: list[str] = Field(
         default_factory=lambda: [".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv"],
         description="File extensions taken when `listing` is a folder.")
@@ -407,7 +385,8 @@ class EncodeSection(_Section):
         None, description="Codes root: the codes go to <out_root>/<model>-<bits>b-<version>/, beside (never over) "
                           "the codes of other model versions.")
     out: str | None = Field(None, description="Exact output folder (instead of out_root's versioned name).")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (input, model, output).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (input, model, output; "
+                                                                            "default: run.storage_options).")
     batch_size: int = Field(1024, gt=0, description="Videos per model call.")
     rows_per_shard: int = Field(50_000, gt=0, description="Upper bound on videos per shard (row groups never split).")
     threads: int | None = Field(None, gt=0, description="torch threads per actor; null = the actor's CPU count.")
@@ -510,7 +489,8 @@ class BenchSection(_Section):
         default_factory=lambda: ExtractSection(num_frames=25, image_size=128, pipeline=PipelineSection(engine="local")),
         description="Extraction of the near-duplicate videos (listing/out are set by the runner).")
     fashion_train: dict[str, Any] = Field(default_factory=dict, description="`train` fields changed for the fashion "
-                                                                          "benchmark (e.g. epochs).")
+                                                                          "benchmark (e.g. epochs); the students' "
+                                                                          "architecture is `model.params`.")
     neardup_train: dict[str, Any] = Field(
         default_factory=dict, description="`train` fields changed for the near-duplicate benchmark: its few hundred "
                                           "videos need more epochs / smaller batches for the same number of steps.")
@@ -523,8 +503,8 @@ class BenchSection(_Section):
     ks: list[int] = Field(default_factory=lambda: [5, 20, 40, 60, 80, 100], description="mAP@K cut-offs (fashion).")
     uts_top_n: int = Field(1000, gt=0, description="UTS Algorithm 1: top-N similar gallery frames per query frame.")
     anchors_per_video: float = Field(
-        0.125, gt=0.0, le=1.0, description="Graph anchors are min(train.anchors, this x training videos), at least 2 x graph.a: the "
-                                          "near-duplicate set has only a few hundred videos.")
+        0.125, gt=0.0, le=1.0, description="Graph anchors are min(graph.anchors, this x training videos), at least 2 x "
+                                          "graph.nearest_anchors: the near-duplicate set has only a few hundred videos.")
     report: str = Field("benchmarks/results/real_quality.md", description="Markdown report (plots beside it).")
     plots: bool = True
 
@@ -532,6 +512,35 @@ class BenchSection(_Section):
     @classmethod
     def _bits_ok(cls, v: list[int]) -> list[int]:
         return [_check_bits(b) for b in v]
+
+
+#: sections whose ``storage_options`` default to ``run.storage_options``
+STORAGE_OPTION_SECTIONS = ("data", "graph", "index", "extract", "encode", "serve")
+
+#: keys that moved: a config still using one fails with an error naming the replacement
+RENAMED_KEYS: dict[str, str] = {
+    "train.model": "model.name",
+    "train.bits": "model.bits",
+    **{f"train.{k}": f"model.params.{k}" for k in (
+        "num_frames", "feature_dim", "hidden", "layers", "heads", "ffn", "dropout", "temporal", "use_tsim",
+        "use_bsim", "hash_input")},
+    "train.anchors": "graph.anchors",
+    "train.graph_rule": "graph.rule",
+    "train.graph_executor": "graph.executor",
+    "train.dask_address": "graph.address",
+    "graph.k": "graph.anchors",
+    "graph.a": "graph.nearest_anchors",
+    "index.k": "index.top_k",
+}
+
+
+def _renamed_key_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    for old, new in RENAMED_KEYS.items():
+        section, _, key = old.partition(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            problems.append((old, f"this key moved: use {new} instead"))
+    return problems
 
 
 class Config(_Section):
@@ -550,6 +559,24 @@ class Config(_Section):
     encode: EncodeSection = Field(default_factory=EncodeSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     bench: BenchSection = Field(default_factory=BenchSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_storage_options(cls, data: Any) -> Any:
+        """``run.storage_options`` is the default of every section's ``storage_options`` (given once)."""
+        if not isinstance(data, dict) or not isinstance(data.get("run"), dict):
+            return data
+        so = data["run"].get("storage_options")
+        if not so:
+            return data
+        data = dict(data)
+        for name in STORAGE_OPTION_SECTIONS:
+            section = data.get(name)
+            if section is None:
+                data[name] = {"storage_options": so}
+            elif isinstance(section, dict) and not section.get("storage_options"):
+                data[name] = {**section, "storage_options": so}
+        return data
 
     def to_yaml(self) -> str:
         """The resolved configuration as YAML (logged by jobs and saved in run folders)."""
@@ -611,11 +638,17 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Validate a plain dict into a :class:`Config`, reporting every problem at once."""
     if not isinstance(data, dict):
         raise ConfigError(source, [("<root>", f"expected a mapping of sections, got {type(data).__name__}")])
+    moved = _renamed_key_problems(data)
+    if moved:  # report them instead of pydantic's bare "unknown key", together with every other problem
+        data = {sec: ({k: v for k, v in body.items() if f"{sec}.{k}" not in RENAMED_KEYS}
+                      if isinstance(body, dict) else body) for sec, body in data.items()}
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as err:
-        problems = _format_validation_error(err)
-        raise ConfigError(source, problems) from None
+        raise ConfigError(source, moved + _format_validation_error(err)) from None
+    if moved:
+        raise ConfigError(source, moved)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:

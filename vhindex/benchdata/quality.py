@@ -192,10 +192,11 @@ class BenchOutcome:
 
 
 class _Runner:
-    def __init__(self, cfg: Config, log: Log, command: str) -> None:
+    def __init__(self, cfg: Config, log: Log, command: str, engines: Callable[[Any], tuple[Any, str]]) -> None:
         from vhindex.benchdata.sources import default_roots
 
         self.cfg = cfg
+        self.engines = engines
         self.b = cfg.bench
         self.work = self.b.work.rstrip("/")
         self.roots = default_roots(self.b.sources)
@@ -213,11 +214,11 @@ class _Runner:
         return result
 
     def _extract(self, listing: str, out: str, section: ExtractSection, key: str) -> FrameDataset:
-        from vhindex.pipelines.jobs import extract_job, select_engine
+        from vhindex.pipelines.configured import extract_job
         from vhindex.pipelines.runner import run_sharded_job
 
         job = extract_job(section, listing, out, key=key)
-        engine, name = select_engine(section.pipeline)
+        engine, name = self.engines(section.pipeline)
         report = run_sharded_job(job, engine, engine_name=name, max_error_fraction=section.pipeline.max_error_fraction,
                                  progress_every_s=section.pipeline.progress_every_s, stream=sys.stdout)
         if report.exit_code != 0:
@@ -227,22 +228,32 @@ class _Runner:
             self.log(f"  {report.errors} video(s) could not be featurised: {report.error_counts}")
         return FrameDataset.open(out)
 
-    def _train_config(self, bench: str, *, seed: int, out_dir: str, urls: dict[str, str], ds: FrameDataset, bits: int) -> Config:
+    def _train_config(self, bench: str, *, seed: int, out_dir: str, urls: dict[str, str], ds: FrameDataset, bits: int,
+                      method: str = "dkph") -> Config:
+        """The training config of ``method`` (a student) on one benchmark: the ``model`` section's architecture
+        (``num_frames`` / ``feature_dim`` from the data), the ``train`` section with the benchmark's
+        overrides, and ``graph.anchors`` scaled to the training set (:attr:`BenchSection.anchors_per_video`)."""
+        from vhindex.models import model_params
+
         d = self.cfg.model_dump(mode="json")
         train = {**d["train"], **getattr(self.b, f"{bench}_train")}
         n_train = FrameDataset.open(urls["train"]).num_videos
         # at least 2a anchors (the graph keeps a nearest anchors per video), at most one per video
-        anchors = min(n_train, max(2 * self.cfg.graph.a, min(int(train["anchors"]),
-                                                         int(self.b.anchors_per_video * n_train))))
+        g = self.cfg.graph
+        anchors = min(n_train, max(2 * g.nearest_anchors, min(g.anchors, int(self.b.anchors_per_video * n_train))))
+        takes = model_params(method)
+        params = {k: v for k, v in d["model"]["params"].items() if k in takes}
         d["run"] = {**d["run"], "seed": seed, "output_dir": out_dir}
         d["data"] = {**d["data"], **{s: urls[s] for s in SPLITS}}
-        d["train"] = {**train, "num_frames": ds.meta.num_frames, "feature_dim": ds.meta.feature_dim,
-                      "bits": bits, "anchors": anchors, "eval_every": 0}
+        d["model"] = {"name": method, "bits": bits,
+                      "params": {**params, "num_frames": ds.meta.num_frames, "feature_dim": ds.meta.feature_dim}}
+        d["graph"] = {**d["graph"], "anchors": anchors}
+        d["train"] = {**train, "eval_every": 0}
         return config_from_dict(d, source=f"bench quality ({bench})")
 
     def _models(self, bench: str, urls: dict[str, str], seed: int) -> Any:
         """Yield ``(method, bits, model)`` for every video-level method and code length of one seed."""
-        from vhindex.pipeline import fit_model
+        from vhindex.inprocess import fit_model
         from vhindex.train.recipes import (
             build_teacher_graph,
             check_datasets,
@@ -255,6 +266,7 @@ class _Runner:
         train = FrameDataset.open(urls["train"])
         # one folder per training setting: a changed schedule trains afresh instead of hitting a stale checkpoint
         settings = {"train": {**self.cfg.train.model_dump(mode="json"), **getattr(self.b, f"{bench}_train")},
+                    "model": self.cfg.model.model_dump(mode="json"),
                     "graph": self.cfg.graph.model_dump(mode="json"), "anchors_per_video": self.b.anchors_per_video}
         tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
         seed_dir = f"{self.work}/{bench}/models/{tag}/seed{seed}"
@@ -276,7 +288,7 @@ class _Runner:
 
                     graph = self._timed(f"{bench} train teacher+graph", teacher_graph)
                 vcfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}", urls=urls, ds=train,
-                                          bits=bits)
+                                          bits=bits, method=method)
                 trainer = train_bth if method == "bth" else train_student
                 model, _ = self._timed(f"{bench} train {method}", lambda t=trainer, c=vcfg, g=graph: t(
                     c, check_datasets(c), graph_url=g, progress=False))
@@ -284,8 +296,8 @@ class _Runner:
 
     def _frame_model(self, method: str, bits: int, train: FrameDataset, seed: int) -> Any:
         """A per-frame hasher (UTS: frames binarised independently): ``method`` fitted on single frames."""
+        from vhindex.inprocess import frame_batches
         from vhindex.models import build_model
-        from vhindex.pipeline import frame_batches
 
         d = train.meta.feature_dim
         model = build_model(method, bits)
@@ -303,7 +315,7 @@ class _Runner:
         from vhindex.benchdata.fashion import FashionClipSpec, build_fashion_clips
         from vhindex.eval import evaluate
         from vhindex.index import FrameLevelIndex
-        from vhindex.pipeline import encode_in_memory
+        from vhindex.inprocess import encode_in_memory
 
         spec = _replace_spec(FashionClipSpec.preset(self.b.fashion_preset), self.b.fashion_overrides, "fashion")
         self.log(f"[fashion] rendering clips ({self.b.fashion_preset}: {spec.train}/{spec.query}/{spec.database})")
@@ -368,7 +380,7 @@ class _Runner:
         from vhindex.benchdata.neardup import NearDupSpec, build_neardup
         from vhindex.index import FrameLevelIndex
         from vhindex.index.frames import rank_videos_leave_one_out
-        from vhindex.pipeline import encode_in_memory
+        from vhindex.inprocess import encode_in_memory
 
         spec = _replace_spec(NearDupSpec.preset(self.b.neardup_preset), self.b.neardup_overrides, "neardup")
         self.log(f"[neardup] making variants ({self.b.neardup_preset})")
@@ -452,7 +464,7 @@ def _replace_spec(spec: Any, overrides: dict[str, Any], name: str) -> Any:
 
 
 def _read_features(ds: FrameDataset) -> np.ndarray:
-    from vhindex.pipeline import frame_batches
+    from vhindex.inprocess import frame_batches
 
     parts = list(frame_batches(ds))
     return np.concatenate(parts) if parts else np.zeros((0, ds.meta.num_frames, ds.meta.feature_dim), np.float16)
@@ -477,8 +489,11 @@ def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float) 
              f"machine: {platform.node()}, {os.cpu_count()} CPUs; command: `{command}`; "
              f"seeds {b.seeds}; total {seconds:.0f} s", ""]
     t = cfg.train
-    lines += [f"Learned models: d={t.hidden}, teacher {t.teacher_epochs} epochs at {t.teacher_bits or 'K'} bits, "
-              f"students {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, anchors min({t.anchors}, "
+    from vhindex.models import model_params
+
+    hidden = model_params("dkph", {k: v for k, v in cfg.model.params.items() if k == "hidden"})["hidden"]
+    lines += [f"Learned models: d={hidden}, teacher {t.teacher_epochs} epochs at {t.teacher_bits or 'K'} bits, "
+              f"students {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, anchors min({cfg.graph.anchors}, "
               f"{b.anchors_per_video} x training videos)"
               + "".join(f"; {n} benchmark: {o}" for n, o in (("fashion", b.fashion_train), ("near-duplicate",
                                                                                       b.neardup_train)) if o)
@@ -563,19 +578,28 @@ def write_plots(out: BenchOutcome, prefix: Path) -> list[Path]:
     return written
 
 
-def run_quality_bench(cfg: Config, *, log: Log | None = None, command: str = "vhindex bench quality") -> BenchOutcome:
+def run_quality_bench(cfg: Config, *, log: Log | None = None, command: str = "vhindex bench quality",
+                      engines: Callable[[Any], tuple[Any, str]] | None = None) -> BenchOutcome:
     """Run the configured real-data benchmarks (``cfg.bench``) and write the report; see the module docstring.
 
     Args:
-        cfg: the config (``bench`` section; ``train`` and ``graph`` for the learned models).
+        cfg: the config (``bench`` section; ``model``, ``train`` and ``graph`` for the learned models).
         log: progress lines (default: print).
         command: the command line recorded in the report.
+        engines: ``PipelineSection -> (engine, name)`` for the feature extraction (the app layer passes
+            :func:`vhindex.app.engines.select_engine`); None: in-process (``run_local``) whatever the section says.
 
     Returns:
         The measured :class:`BenchOutcome` (also in ``<report>.json``).
     """
     _check_methods(cfg)
-    runner = _Runner(cfg, log or (lambda m: print(m, flush=True)), command)
+    if engines is None:
+        from vhindex.pipelines.runner import run_local
+
+        def engines(_pipeline: Any) -> tuple[Any, str]:
+            return run_local, "local"
+
+    runner = _Runner(cfg, log or (lambda m: print(m, flush=True)), command, engines)
     for bench in cfg.bench.benchmarks:
         getattr(runner, bench)()
         runner.report(final=False)

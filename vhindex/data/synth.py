@@ -688,3 +688,64 @@ def read_spec(url: str, storage_options: dict[str, Any] | None = None) -> SynthS
     if not isinstance(obj, dict) or "spec" not in obj:
         raise ValueError(f"{vfs.unstrip(fs, path)} is not a vhindex synth spec file (no 'spec' key)")
     return SynthSpec.from_dict(obj["spec"])
+
+
+# ------------------------------------------------------------------------ from a configuration
+# (``cfg`` is a :class:`vhindex.config.Config`; typed as Any so this module never imports the config)
+
+_SPLITS = ("train", "query", "database")
+
+
+def synth_spec_from_config(cfg: Any) -> SynthSpec:
+    """The :class:`~vhindex.data.synth.SynthSpec` a config asks for (preset + overrides + run seed)."""
+    if cfg.synth.preset not in SYNTH_PRESETS:
+        raise ValueError(f"synth.preset: unknown preset {cfg.synth.preset!r}; choose from {sorted(SYNTH_PRESETS)}")
+    base = SYNTH_PRESETS[cfg.synth.preset]
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(cfg.synth.overrides) - fields)
+    if unknown:
+        raise ValueError(f"synth.overrides: unknown field(s) {unknown}; known: {sorted(fields)}")
+    return dataclasses.replace(base, **{"seed": cfg.run.seed, **cfg.synth.overrides})
+
+
+def ensure_synthetic(cfg: Any, data_url: str, out: Any = None) -> None:
+    """Write the configured synthetic dataset at ``data_url`` unless an identical one is complete there.
+
+    Args:
+        cfg: the configuration (``synth`` preset and overrides, ``run.seed``, ``run.storage_options``).
+        data_url: folder of the ``train`` / ``query`` / ``database`` datasets.
+        out: text stream for progress messages (None: quiet).
+    """
+    import time
+
+    from vhindex import fs as vfs
+    from vhindex.data.schema import MANIFEST_NAME
+
+    spec = synth_spec_from_config(cfg)
+    fs, root = vfs.url_to_fs(data_url, cfg.run.storage_options)
+    spec_path = vfs.join(fs, root, SPEC_FILE_NAME)
+    if fs.exists(spec_path):
+        complete = all(fs.exists(vfs.join(fs, root, s, MANIFEST_NAME)) for s in _SPLITS)
+        # spec_hash covers the generator version too: data from an older generator is rebuilt.
+        if complete and vfs.read_json(fs, spec_path).get("spec_hash") == spec.spec_hash():
+            _say(out, f"reusing synthetic dataset at {data_url}")
+            return
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    _say(out, f"synthesizing {spec.train} train / {spec.query} query / {spec.database} database videos "
+              f"({spec.num_frames} frames x {spec.feature_dim} dims) into {data_url} ...")
+    t0 = time.perf_counter()
+    write_synthetic(
+        spec,
+        data_url,
+        rows_per_file=cfg.synth.rows_per_file,
+        row_group_size=cfg.synth.row_group_size,
+        chunk_size=cfg.synth.chunk_size,
+        storage_options=cfg.run.storage_options,
+    )
+    _say(out, f"  done in {time.perf_counter() - t0:.1f}s")
+
+
+def _say(out: Any, text: str) -> None:
+    if out is not None:
+        print(text, file=out, flush=True)

@@ -20,6 +20,7 @@ from vhindex.models.base import (
     iter_pooled,
     load_model,
     mean_pool,
+    model_params,
     register_model,
     signs,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "iter_pooled",
     "load_model",
     "mean_pool",
+    "model_params",
     "quantization_loss",
     "random_orthogonal",
     "register_model",

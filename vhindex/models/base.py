@@ -87,6 +87,25 @@ def build_model(name: str, bits: int, **params: Any) -> HashModel:
         raise ValueError(f"bad parameters for model {name!r}: {err}") from err
 
 
+def model_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The constructor parameters of model ``name`` (besides ``bits`` and ``device``) with ``params`` applied
+    over the constructor's defaults -- what ``build_model(name, bits, **params)`` would use, without building it.
+
+    Raises:
+        ValueError: unknown model name, or a parameter its constructor does not take.
+    """
+    import inspect
+
+    cls = _lookup(name)
+    sig = inspect.signature(cls.__init__)
+    known = {p.name: p.default for p in list(sig.parameters.values())[1:]
+             if p.name not in ("bits", "device") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    unknown = sorted(set(params or {}) - set(known))
+    if unknown:
+        raise ValueError(f"model {name!r} takes no parameter(s) {unknown}; it takes {sorted(known)}")
+    return {**{k: v for k, v in known.items() if v is not inspect.Parameter.empty}, **(params or {})}
+
+
 def load_model(url: str, storage_options: dict[str, Any] | None = None) -> HashModel:
     """Load any saved model, dispatching on the ``name`` in its ``model.json``."""
     return HashModel.load(url, storage_options)

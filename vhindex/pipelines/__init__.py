@@ -1,7 +1,7 @@
 """Sharded, resumable batch jobs: frame-feature extraction and encoding to codes.
 
 The pure parts live here (shard plans, processors, the driver and an in-process engine);
-``cluster.pipelines`` runs the same processors on a Ray Data actor pool.
+``cluster.data`` runs the same processors on a Ray Data actor pool.
 """
 
 from vhindex.pipelines.encode import EncodeJob, EncodeShardProcessor, versioned_codes_url

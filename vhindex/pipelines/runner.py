@@ -1,7 +1,7 @@
 """Driver of sharded jobs: plan, skip finished shards, run the rest on an engine, report, finalise.
 
 An *engine* runs shards: :func:`run_local` processes them one after another in this process;
-``cluster.pipelines.run_on_ray`` runs them on a Ray Data actor pool (model loaded once per actor).
+``cluster.data.run_on_ray`` runs them on a Ray Data actor pool (model loaded once per actor).
 Both call the same :class:`ShardProcessor`, so the bytes written do not depend on the engine.
 """
 
@@ -196,7 +196,7 @@ def run_sharded_job(job: ShardedJob, engine: Engine = run_local, *, engine_name:
 
     Args:
         job: the job.
-        engine: :func:`run_local` or ``cluster.pipelines.ray_engine(...)``.
+        engine: :func:`run_local` or ``cluster.data.ray_engine(...)``.
         engine_name: recorded in the report.
         max_error_fraction: per-video error fraction above which the report's exit code is 1.
         progress_every_s: seconds between progress lines.

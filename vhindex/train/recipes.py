@@ -6,7 +6,7 @@ the shared loop (:func:`vhindex.train.loop.run_training`). Run folder (``run.out
     data/{train,query,database}      synthetic frame datasets (only when data.* URLs are null)
     teacher/ckpt, teacher/metrics.jsonl, teacher/model     BTH net trained with reconstruction only
     teacher/embeddings               mean-pooled teacher hidden states (EmbeddingDataset, d dims)
-    graph/                           anchors + nearest anchors (cluster.graph.build_graph)
+    graph/                           anchors + nearest anchors (vhindex.graph.stage.build_graph)
     student/ckpt, student/metrics.jsonl                    DKPH training
     model/                           the DKPH HashModel (load with vhindex.models.load_model)
     codes/{query,database}           codes datasets;  eval/  results.json, results.md, plots
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -52,6 +53,8 @@ from vhindex.data import (
     ReadTask,
 )
 from vhindex.eval import EvalResult, evaluate, write_report
+from vhindex.graph.stage import ExecutorFactory
+from vhindex.models.base import model_params
 from vhindex.models.learned import BTH, DKPH, resolve_device
 from vhindex.models.losses import bth_loss, dkph_loss, teacher_loss
 from vhindex.models.nets import mask_frames
@@ -117,7 +120,31 @@ def _so(cfg: Config) -> dict[str, Any] | None:
 
 
 def _data_so(cfg: Config) -> dict[str, Any] | None:
-    return cfg.data.storage_options or cfg.run.storage_options or None
+    return cfg.data.storage_options or None  # defaults to run.storage_options (vhindex.config)
+
+
+#: model.params shared by the student and the teacher (a BTH network of the same shape)
+ARCH_PARAMS = ("num_frames", "feature_dim", "hidden", "layers", "heads", "ffn", "dropout")
+#: the students this recipe trains (``model.name``)
+STUDENTS = ("dkph", "bth")
+
+
+def student_params(cfg: Config, kind: str | None = None) -> dict[str, Any]:
+    """The parameters of student ``kind`` (default ``model.name``): ``model.params`` over its constructor defaults.
+
+    ``model.params`` was validated against ``model.name``; for another student (the demo trains DKPH
+    and BTH from one config) only the parameters that student takes are used -- the architecture
+    (:data:`ARCH_PARAMS`) is shared, DKPH's switches are DKPH's own.
+
+    Raises:
+        ValueError: the student is not one this recipe trains.
+    """
+    kind = kind or cfg.model.name
+    if kind not in STUDENTS:
+        raise ValueError(f"model.name: training needs a learned student, one of {list(STUDENTS)}; got "
+                         f"{kind!r} (fit baselines with `vhindex fit`)")
+    defaults = model_params(kind)
+    return {**defaults, **{k: v for k, v in cfg.model.params.items() if k in defaults}}
 
 
 def _hash(obj: Any) -> str:
@@ -125,9 +152,8 @@ def _hash(obj: Any) -> str:
 
 
 def _arch(cfg: Config, bits: int) -> dict[str, Any]:
-    t = cfg.train
-    return {"bits": bits, "num_frames": t.num_frames, "feature_dim": t.feature_dim, "hidden": t.hidden,
-            "layers": t.layers, "heads": t.heads, "ffn": t.ffn, "dropout": t.dropout}
+    params = student_params(cfg)
+    return {"bits": bits, **{k: params[k] for k in ARCH_PARAMS}}
 
 
 def _read_stage(url: str, so: dict | None) -> dict[str, Any] | None:
@@ -169,7 +195,7 @@ def _dataset_urls(cfg: Config, out=None) -> dict[str, str]:
     """The frame dataset URLs; all null -> synthesize ``synth`` data into ``<run>/data``."""
     urls = {s: getattr(cfg.data, s) for s in SPLITS}
     if all(u is None for u in urls.values()):
-        from vhindex.demo import ensure_synthetic
+        from vhindex.data.synth import ensure_synthetic
 
         data_url = f"{_root(cfg)}/data"
         ensure_synthetic(cfg, data_url, out)
@@ -182,16 +208,17 @@ def _dataset_urls(cfg: Config, out=None) -> dict[str, str]:
 
 
 def check_datasets(cfg: Config, out=None) -> dict[str, FrameDataset]:
-    """Open the train / query / database datasets and check them against ``cfg.train`` -- before training.
+    """Open the train / query / database datasets and check them against the model -- before training.
 
     Raises:
         FileNotFoundError: naming the config key of a dataset URL with no complete dataset.
-        ValueError: when a dataset's M / D differ from ``train.num_frames`` / ``train.feature_dim``
-            (both named), bits are not a multiple of 8, or there are fewer training videos than
-            ``train.anchors``.
+        ValueError: when ``model.name`` is not a student, a dataset's M / D differ from
+            ``model.params.num_frames`` / ``model.params.feature_dim`` (both named), bits are not a
+            multiple of 8, or there are fewer training videos than ``graph.anchors``.
     """
     t = cfg.train
-    for key, bits in (("train.bits", t.bits), ("train.teacher_bits", t.teacher_bits)):
+    arch = student_params(cfg)
+    for key, bits in (("model.bits", cfg.model.bits), ("train.teacher_bits", t.teacher_bits)):
         if bits is not None and (bits <= 0 or bits % 8):
             raise ValueError(f"{key}: code length must be a positive multiple of 8, got {bits}")
     urls = _dataset_urls(cfg, out)
@@ -204,13 +231,14 @@ def check_datasets(cfg: Config, out=None) -> dict[str, FrameDataset]:
             raise FileNotFoundError(f"data.{split}: no complete frame dataset at {url!r} ({err})") from None
     for split, ds in datasets.items():
         m, d = ds.meta.num_frames, ds.meta.feature_dim
-        if (m, d) != (t.num_frames, t.feature_dim):
+        if (m, d) != (arch["num_frames"], arch["feature_dim"]):
             raise ValueError(
                 f"data.{split} ({ds.url}) has M={m} frames x D={d} dims but the model is configured for "
-                f"train.num_frames={t.num_frames}, train.feature_dim={t.feature_dim}; set them to {m} and {d}")
+                f"model.params.num_frames={arch['num_frames']}, model.params.feature_dim={arch['feature_dim']}; "
+                f"set them to {m} and {d}")
     n = datasets["train"].num_videos
-    if t.anchors > n:
-        raise ValueError(f"train.anchors={t.anchors} but data.train has only {n} videos; lower train.anchors")
+    if cfg.graph.anchors > n:
+        raise ValueError(f"graph.anchors={cfg.graph.anchors} but data.train has only {n} videos; lower graph.anchors")
     if n == 0:
         raise ValueError(f"data.train ({datasets['train'].url}) is empty")
     return datasets
@@ -360,7 +388,7 @@ def train_teacher(cfg: Config, datasets: dict[str, FrameDataset] | None = None, 
     """
     datasets = datasets or check_datasets(cfg)
     t, so = cfg.train, _so(cfg)
-    bits = t.teacher_bits or t.bits
+    bits = t.teacher_bits or cfg.model.bits
     stage = f"{_root(cfg)}/teacher"
     inputs = {"stage": "teacher", **_arch(cfg, bits), "epochs": t.teacher_epochs, "seed": cfg.run.seed,
               "train": _hash(datasets["train"].manifest.to_dict()), "mask_prob": t.mask_prob, "batch_size": t.batch_size,
@@ -405,7 +433,8 @@ def _write_embeddings(cfg: Config, teacher: BTH, train: FrameDataset, out_url: s
     inputs = {"stage": "embeddings", "teacher": teacher.version(), "train": _hash(train.manifest.to_dict())}
     if _stage_done(url, so, inputs):
         return url, False
-    meta = EmbeddingDatasetMeta(dim=cfg.train.hidden, source="bth-teacher", source_version=teacher.version())
+    meta = EmbeddingDatasetMeta(dim=student_params(cfg)["hidden"], source="bth-teacher",
+                                source_version=teacher.version())
     with EmbeddingDatasetWriter(url, meta, storage_options=so, overwrite=True) as writer:
         for fb in train.iter_batches(max(cfg.train.batch_size, 1024), columns=("video_id", "features")):
             writer.write(fb.video_ids, teacher.latent_features(np.asarray(fb.features)))
@@ -413,27 +442,27 @@ def _write_embeddings(cfg: Config, teacher: BTH, train: FrameDataset, out_url: s
     return url, True
 
 
-def build_teacher_graph(cfg: Config, embeddings_url: str, *, connection: Any = None) -> str:
-    """Anchor graph of the teacher embeddings at ``<run>/graph`` (:func:`cluster.graph.build_graph`).
+def build_teacher_graph(cfg: Config, embeddings_url: str, *, executor: ExecutorFactory | None = None) -> str:
+    """Anchor graph of the teacher embeddings at ``<run>/graph`` (:func:`vhindex.graph.stage.build_graph`).
 
-    ``train.graph_executor="sequential"`` builds it in this process; ``"dask"`` runs it on
-    ``train.dask_address`` (or ``connection``). K-means details come from the ``graph`` section.
+    Every graph setting comes from the ``graph`` section (anchors, nearest anchors, rule, k-means,
+    chunking). ``executor`` is where the maps run, injected by the caller (the app layer picks the
+    Dask / Dask-on-Ray ones, :func:`vhindex.app.engines.graph_executor`); without one,
+    ``graph.executor: sequential`` builds in this process.
+
+    Raises:
+        ValueError: ``graph.executor: dask`` without an injected executor.
     """
-    from cluster.graph import ParquetChunkSource, build_graph
+    from vhindex.graph.stage import build_graph, sequential_executor
 
-    g, t, so = cfg.graph, cfg.train, _so(cfg)
+    if executor is None:
+        if cfg.graph.executor != "sequential":
+            raise ValueError("graph.executor=dask: pass the executor (vhindex.app.engines.graph_executor(cfg.graph)) "
+                             "or set graph.executor=sequential to build the graph in this process")
+        executor = functools.partial(sequential_executor, num_threads=cfg.graph.threads_per_worker)
     out = f"{_root(cfg)}/graph"
-    kwargs = dict(k=t.anchors, a=5, rule=t.graph_rule, seed=cfg.run.seed, storage_options=so,
-                  n_iter=g.kmeans.n_iter, init=g.kmeans.init, mode=g.kmeans.mode, init_sample=g.kmeans.init_sample,
-                  tol=g.kmeans.tol, batch_chunks=g.kmeans.batch_chunks, rows_per_chunk=g.rows_per_chunk)
-    if t.graph_executor == "sequential" and connection is None:
-        from vhindex.graph import SequentialExecutor
-
-        executor = SequentialExecutor(ParquetChunkSource(embeddings_url, so, g.rows_per_chunk), num_threads=1)
-        build_graph(embeddings_url, out, executor=executor, **kwargs)
-    else:
-        build_graph(embeddings_url, out, address=t.dask_address, n_workers=g.n_workers,
-                    threads_per_worker=g.threads_per_worker, connection=connection, **kwargs)
+    build_graph(cfg.graph, executor, embeddings_url=embeddings_url, out_url=out, seed=cfg.run.seed,
+                storage_options=_so(cfg))
     return out
 
 
@@ -441,9 +470,9 @@ def build_teacher_graph(cfg: Config, embeddings_url: str, *, connection: Any = N
 
 
 def _load_graph_for(cfg: Config, graph_url: str, train: FrameDataset) -> tuple[np.ndarray, Any, np.ndarray, str]:
-    from cluster.graph import load_graph
+    from vhindex.graph.stage import load_graph
 
-    anchors, graph, ids, manifest = load_graph(graph_url, _so(cfg), expected_dim=cfg.train.hidden)
+    anchors, graph, ids, manifest = load_graph(graph_url, _so(cfg), expected_dim=student_params(cfg)["hidden"])
     train_ids = train.read_video_ids()
     if ids != train_ids:
         first = next((i for i, (a, b) in enumerate(zip(ids, train_ids, strict=False)) if a != b), min(len(ids),
@@ -465,13 +494,15 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
     prefix = _root(cfg) if kind == "dkph" else f"{_root(cfg)}/bth"
     stage, model_url = f"{prefix}/student", f"{prefix}/model"
     anchors_np, graph, nearest, graph_fp = _load_graph_for(cfg, graph_url, train)
+    params = student_params(cfg, kind)
     flags: dict[str, Any] = {}
     if kind == "dkph":
-        flags = {"temporal": t.temporal, "use_tsim": t.use_tsim, "use_bsim": t.use_bsim}
-        if t.hash_input != "flatten":  # absent when released, so existing stage markers still match
-            flags["hash_input"] = t.hash_input
+        flags = {"temporal": params["temporal"], "use_tsim": params["use_tsim"], "use_bsim": params["use_bsim"]}
+        if params["hash_input"] != "flatten":  # absent when released, so existing stage markers still match
+            flags["hash_input"] = params["hash_input"]
     weights = {"gamma1": t.gamma1, "gamma2": t.gamma2} if kind == "dkph" else {}
-    inputs = {"stage": kind, **_arch(cfg, t.bits), **flags, **weights, "epochs": t.epochs, "seed": cfg.run.seed,
+    bits = cfg.model.bits
+    inputs = {"stage": kind, **_arch(cfg, bits), **flags, **weights, "epochs": t.epochs, "seed": cfg.run.seed,
               "graph": graph_fp, "mask_prob": t.mask_prob, "batch_size": t.batch_size,
               "lr": [t.lr, t.lr_decay, t.lr_decay_every, t.lr_min], "shuffle_buffer": t.shuffle_buffer,
               "pair_backend": t.pair_backend}
@@ -481,7 +512,7 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
         return cls.load(model_url, so).to(device), None, model_url  # type: ignore[return-value]
     _check_resumable(stage, so, inputs)
     torch.manual_seed(cfg.run.seed)
-    model = cls(device=device, **_arch(cfg, t.bits), **flags)
+    model = cls(device=device, **_arch(cfg, bits), **flags)
     anchors = _tensor(anchors_np, device)
     partners_src = PartnerFrames(train, t.partner_cache_bytes)
     stream = _TrainStream(train, t.batch_size, cfg.run.seed, t.shuffle_buffer)
@@ -500,7 +531,7 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
         s_t = torch.from_numpy(s).to(device)
         if kind == "dkph":
             return dkph_loss(out1, out2, f1, f2, s_t, c1, c2, gamma1=t.gamma1, gamma2=t.gamma2,
-                             use_tsim=t.use_tsim, use_bsim=t.use_bsim)
+                             use_tsim=params["use_tsim"], use_bsim=params["use_bsim"])
         return bth_loss(out1, out2, f1, f2, s_t, c1, c2)
 
     eval_fn = None
@@ -549,7 +580,7 @@ def train_bth(cfg: Config, datasets: dict[str, FrameDataset] | None = None, grap
 
 
 def _evaluate(cfg: Config, model, datasets: dict[str, FrameDataset], *, pr: bool) -> EvalResult:
-    from vhindex.pipeline import encode_in_memory, labels_for
+    from vhindex.inprocess import encode_in_memory, labels_for
 
     q, db = datasets["query"], datasets["database"]
     qi, qc = encode_in_memory(model, q, cfg.data.batch_size)
@@ -562,7 +593,7 @@ def _evaluate(cfg: Config, model, datasets: dict[str, FrameDataset], *, pr: bool
 def _encode_and_report(cfg: Config, model, datasets: dict[str, FrameDataset], prefix: str,
                        name: str) -> tuple[dict[str, str], str, EvalResult, bool]:
     from vhindex.data import CodesDataset
-    from vhindex.pipeline import encode_dataset, labels_for
+    from vhindex.inprocess import encode_dataset, labels_for
 
     so = _so(cfg)
     codes = {s: f"{prefix}/codes/{s}" for s in ("query", "database")}
@@ -593,16 +624,17 @@ def _encode_and_report(cfg: Config, model, datasets: dict[str, FrameDataset], pr
 # ------------------------------------------------------------------------------ the recipe
 
 
-def run_recipe(cfg: Config, *, model: str | None = None, connection: Any = None, progress: bool = True,
-               out=None) -> RecipeResult:
-    """teacher -> embeddings -> graph -> student (``model`` or ``cfg.train.model``) -> encode -> mAP report.
+def run_recipe(cfg: Config, *, model: str | None = None, graph_executor: ExecutorFactory | None = None,
+               progress: bool = True, out=None) -> RecipeResult:
+    """teacher -> embeddings -> graph -> student (``model`` or ``model.name``) -> encode -> mAP report.
 
     Each stage is skipped when its output is complete; a killed run resumes from its checkpoints.
 
     Args:
         cfg: the configuration.
-        model: ``"dkph"`` or ``"bth"`` (default ``cfg.train.model``).
-        connection: a ``distributed.Client`` / ``RayDask`` for the graph (else per ``train.graph_executor``).
+        model: ``"dkph"`` or ``"bth"`` (default ``cfg.model.name``).
+        graph_executor: where the graph's maps run (see :func:`build_teacher_graph`); None with
+            ``graph.executor: sequential`` builds it in this process.
         progress: console progress of the training loops.
         out: text stream for synthetic-data messages (None: quiet).
 
@@ -612,9 +644,9 @@ def run_recipe(cfg: Config, *, model: str | None = None, connection: Any = None,
     Raises:
         ValueError / FileNotFoundError: configuration and data problems, before any training.
     """
-    kind = model or cfg.train.model
-    if kind not in ("dkph", "bth"):
-        raise ValueError(f"train.model: unknown student {kind!r}; choose 'dkph' or 'bth'")
+    kind = model or cfg.model.name
+    if kind not in STUDENTS:
+        raise ValueError(f"model.name: unknown student {kind!r}; choose one of {list(STUDENTS)}")
     t0 = time.perf_counter()
     stages: dict[str, str] = {}
     datasets = check_datasets(cfg, out)
@@ -623,12 +655,12 @@ def run_recipe(cfg: Config, *, model: str | None = None, connection: Any = None,
     embeddings, ran = _write_embeddings(cfg, teacher, datasets["train"], None)
     stages["embeddings"] = "ran" if ran else "skipped"
     before = _graph_manifest_text(cfg)
-    graph_url = build_teacher_graph(cfg, embeddings, connection=connection)
+    graph_url = build_teacher_graph(cfg, embeddings, executor=graph_executor)
     stages["graph"] = "skipped" if before is not None and before == _graph_manifest_text(cfg) else "ran"
     student, res = _train_pairs(cfg, kind, datasets, graph_url, progress=progress)[:2]
     stages["student"] = "skipped" if res is None else "ran"
     prefix = _root(cfg) if kind == "dkph" else f"{_root(cfg)}/bth"
-    name = f"{kind}-{cfg.train.bits}"
+    name = f"{kind}-{cfg.model.bits}"
     codes, eval_url, result, ran = _encode_and_report(cfg, student, datasets, prefix, name)
     stages["eval"] = "ran" if ran else "skipped"
     logger.info("%s: mAP@%d = %.4f (%s)", name, cfg.eval.ks[0], result.map_at_k[cfg.eval.ks[0]], eval_url)

@@ -1,8 +1,9 @@
 """The ``vhindex`` command line: one console script with subcommands.
 
 Every subcommand that runs a stage takes ``--config FILE`` plus trailing dotted overrides
-(``model.bits=64 run.output_dir=s3://bucket/run``). Cluster-backed commands (added by later issues)
-import ``cluster`` lazily inside the command, so the core CLI works without Ray or Dask.
+(``model.bits=64 run.output_dir=s3://bucket/run``). Cluster-backed commands import ``cluster``
+lazily inside the command (through :mod:`vhindex.app.engines` / :mod:`vhindex.app.jobs`), so the core
+CLI works without Ray or Dask.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None = None) -> 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vhindex.demo import run_demo
+    from vhindex.app.demo import run_demo
 
     cfg = _config(args)
     run_demo(cfg, out=sys.stdout)
@@ -52,7 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from vhindex.demo import ensure_synthetic
+    from vhindex.data.synth import ensure_synthetic
 
     cfg = _config(args)
     ensure_synthetic(cfg, args.out or f"{cfg.run.output_dir.rstrip('/')}/data", out=sys.stdout)
@@ -79,7 +80,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from vhindex.data import FrameDataset
-    from vhindex.pipeline import fit_model
+    from vhindex.inprocess import fit_model
 
     cfg = _config(args)
     if not cfg.data.train:
@@ -91,6 +92,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model.save(out, cfg.run.storage_options or None)
     print(f"saved {model.name}-{model.bits} (version {model.version()}) to {out}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``vhindex train``: the training recipe (what ``jobs/train_dkph.py`` runs; Ray Train or in-process)."""
+    from vhindex.app.jobs import run_training
+
+    logging.getLogger().setLevel(logging.INFO)
+    return run_training(_config(args), progress=not args.no_progress)
 
 
 def _pipeline_overrides(args: argparse.Namespace, section: str, flags: dict[str, str]) -> list[str]:
@@ -106,7 +115,7 @@ def _pipeline_overrides(args: argparse.Namespace, section: str, flags: dict[str,
 
 
 def _run_pipeline(kind: str, args: argparse.Namespace, flags: dict[str, str]) -> int:
-    from vhindex.pipelines.jobs import run_from_config
+    from vhindex.app.engines import run_from_config
 
     cfg = load_config(args.config, [*args.overrides, *_pipeline_overrides(args, kind, flags)])
     try:
@@ -132,7 +141,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                            "image_size": "image_size"})
 
 
-def cmd_build_index(args: argparse.Namespace) -> int:
+def cmd_index_sharded(args: argparse.Namespace) -> int:
+    """``vhindex index sharded`` (alias ``build-index``): codes -> the sharded serving index."""
     from vhindex.index.sharded import IndexSpec, build_sharded_index
 
     flags = {"codes": "codes", "out": "out", "shards": "num_shards", "type": "type"}
@@ -206,7 +216,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ray.shutdown()
 
 
-def cmd_index_build(args: argparse.Namespace) -> int:
+def cmd_index_flat(args: argparse.Namespace) -> int:
+    """``vhindex index flat``: codes -> one flat index file (what ``vhindex query`` reads)."""
     from vhindex.data import CodesDataset
     from vhindex.index import BinaryFlatIndex
 
@@ -238,7 +249,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from vhindex.eval import evaluate, markdown_table, write_report
-    from vhindex.pipeline import load_codes_with_labels
+    from vhindex.inprocess import load_codes_with_labels
 
     cfg = _config(args)
     so = cfg.data.storage_options or None
@@ -273,8 +284,7 @@ def cmd_export_h5(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    # Lazy: only this command needs the cluster layer (Dask / Ray).
-    from cluster.graph import build_graph_from_config
+    from vhindex.app.jobs import build_graph_from_config
 
     cfg = _config(args)
     log.info("resolved config:\n%s", cfg.to_yaml())
@@ -308,7 +318,9 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     cfg = _config(args)
     command = "vhindex bench quality " + " ".join(
         ([f"--config {args.config}"] if args.config else []) + list(args.overrides))
-    run_quality_bench(cfg, command=command.strip())
+    from vhindex.app.engines import select_engine
+
+    run_quality_bench(cfg, command=command.strip(), engines=select_engine)
     return 0
 
 
@@ -355,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_fit)
 
+    p = sub.add_parser("train", help="train a learned student (DKPH, BTH): teacher -> graph -> student -> codes -> "
+                                     "mAP (Ray Train under `ray job submit`, else in-process)")
+    p.add_argument("--no-progress", action="store_true", help="no per-epoch progress lines")
+    _add_config_args(p, default="configs/train/demo.yaml")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("extract", help="videos -> frame-feature dataset (sharded, resumable; Ray Data actors)")
     p.add_argument("--listing", help="folder of videos or a listing file (.txt/.csv/.jsonl/.parquet)")
     p.add_argument("--out", help="output dataset URL")
@@ -378,20 +396,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("index", help="build a binary index from a codes dataset")
-    p.add_argument("--codes", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--storage-options", help="fsspec options as JSON")
-    p.set_defaults(func=cmd_index_build)
-
-    p = sub.add_parser("build-index", help="codes dataset -> sharded binary index (one folder per shard)")
-    p.add_argument("--codes", help="codes dataset URL")
-    p.add_argument("--out", help="index folder URL")
-    p.add_argument("--shards", type=int, help="number of balanced shards")
-    p.add_argument("--type", choices=["flat", "hnsw", "ivf", "multihash", "gpu_flat"])
-    p.add_argument("--storage-options", help="fsspec options as JSON")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_build_index)
+    p = sub.add_parser("index", help="build an index from a codes dataset: `index flat` (one file, for `vhindex "
+                                     "query`) or `index sharded` (shards + manifest, for `vhindex serve`)")
+    isub = p.add_subparsers(dest="index_command", required=True, metavar="FORMAT")
+    c = isub.add_parser("flat", help="codes dataset -> one flat binary index file (what `vhindex query` reads)")
+    c.add_argument("--codes", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--storage-options", help="fsspec options as JSON")
+    c.set_defaults(func=cmd_index_flat)
+    for parent, name, helptext in ((isub, "sharded", "codes dataset -> sharded binary index (one folder per shard + "
+                                                      "manifest; what `vhindex serve` serves)"),
+                                   (sub, "build-index", "alias of `vhindex index sharded`")):
+        c = parent.add_parser(name, help=helptext)
+        c.add_argument("--codes", help="codes dataset URL")
+        c.add_argument("--out", help="index folder URL")
+        c.add_argument("--shards", type=int, help="number of balanced shards")
+        c.add_argument("--type", choices=["flat", "hnsw", "ivf", "multihash", "gpu_flat"])
+        c.add_argument("--storage-options", help="fsspec options as JSON")
+        _add_config_args(c)
+        c.set_defaults(func=cmd_index_sharded)
 
     p = sub.add_parser("serve", help="serve a sharded index over HTTP with Ray Serve on a local Ray")
     p.add_argument("--serve-config", default="configs/serve/local.yaml", help="Serve config YAML (default: %(default)s)")

@@ -13,7 +13,6 @@ with the same settings only re-encodes and re-evaluates.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,14 +20,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from vhindex import fs as vfs
 from vhindex.config import Config, config_from_dict
 from vhindex.data import CodesDataset, FrameDataset
-from vhindex.data.schema import MANIFEST_NAME
-from vhindex.data.synth import SPEC_FILE_NAME, SYNTH_PRESETS, write_synthetic
+from vhindex.data.synth import ensure_synthetic
 from vhindex.eval import evaluate, markdown_table, write_report
 from vhindex.index import BinaryFlatIndex
-from vhindex.pipeline import encode_dataset, fit_model, labels_for
+from vhindex.inprocess import encode_dataset, fit_model, labels_for
 
 log = logging.getLogger(__name__)
 
@@ -47,52 +44,14 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def synth_spec_from_config(cfg: Config):
-    """The :class:`~vhindex.data.synth.SynthSpec` a config asks for (preset + overrides + run seed)."""
-    if cfg.synth.preset not in SYNTH_PRESETS:
-        raise ValueError(f"synth.preset: unknown preset {cfg.synth.preset!r}; choose from {sorted(SYNTH_PRESETS)}")
-    base = SYNTH_PRESETS[cfg.synth.preset]
-    fields = {f.name for f in dataclasses.fields(base)}
-    unknown = sorted(set(cfg.synth.overrides) - fields)
-    if unknown:
-        raise ValueError(f"synth.overrides: unknown field(s) {unknown}; known: {sorted(fields)}")
-    return dataclasses.replace(base, **{"seed": cfg.run.seed, **cfg.synth.overrides})
-
-
-def ensure_synthetic(cfg: Config, data_url: str, out: TextIO | None = None) -> None:
-    """Write the configured synthetic dataset at ``data_url`` unless an identical one is complete there."""
-    spec = synth_spec_from_config(cfg)
-    fs, root = vfs.url_to_fs(data_url, cfg.run.storage_options)
-    spec_path = vfs.join(fs, root, SPEC_FILE_NAME)
-    if fs.exists(spec_path):
-        complete = all(fs.exists(vfs.join(fs, root, s, MANIFEST_NAME)) for s in SPLITS)
-        # spec_hash covers the generator version too: data from an older generator is rebuilt.
-        if complete and vfs.read_json(fs, spec_path).get("spec_hash") == spec.spec_hash():
-            _say(out, f"reusing synthetic dataset at {data_url}")
-            return
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
-    _say(out, f"synthesizing {spec.train} train / {spec.query} query / {spec.database} database videos "
-              f"({spec.num_frames} frames x {spec.feature_dim} dims) into {data_url} ...")
-    t0 = time.perf_counter()
-    write_synthetic(
-        spec,
-        data_url,
-        rows_per_file=cfg.synth.rows_per_file,
-        row_group_size=cfg.synth.row_group_size,
-        chunk_size=cfg.synth.chunk_size,
-        storage_options=cfg.run.storage_options,
-    )
-    _say(out, f"  done in {time.perf_counter() - t0:.1f}s")
-
-
 def learned_config(cfg: Config, data_url: str) -> Config:
     """The :mod:`vhindex.train` config of the demo's learned students.
 
-    The demo's ``train`` section, with: the run folder ``<output_dir>/learned``; the demo's frame
-    datasets as ``data.*``; ``train.num_frames`` / ``train.feature_dim`` taken from the data (so any
-    ``synth`` preset works); the anchor graph built in this process (``graph_executor=sequential``);
-    and ``train.teacher_bits`` fixed (default: :data:`DEMO_TEACHER_BITS`) so one teacher serves every
+    The demo's ``model`` (the students' architecture, ``model.params``), ``train`` and ``graph``
+    sections, with: the run folder ``<output_dir>/learned``; the demo's frame datasets as ``data.*``;
+    ``model.params.num_frames`` / ``feature_dim`` taken from the data (so any ``synth`` preset works);
+    the anchor graph built in this process (``graph.executor: sequential``); and
+    ``train.teacher_bits`` fixed (default: :data:`DEMO_TEACHER_BITS`) so one teacher serves every
     code length, and a re-run with other code lengths reuses it.
 
     Args:
@@ -100,7 +59,7 @@ def learned_config(cfg: Config, data_url: str) -> Config:
         data_url: folder of the demo's ``train`` / ``query`` / ``database`` frame datasets.
 
     Returns:
-        The validated config (``train.bits`` is set per student by :class:`LearnedTrainer`).
+        The validated config (``model.name`` / ``model.bits`` are set per student by :class:`LearnedTrainer`).
     """
     so = cfg.run.storage_options
     meta = FrameDataset.open(f"{data_url}/train", so).meta
@@ -108,9 +67,25 @@ def learned_config(cfg: Config, data_url: str) -> Config:
     data["run"]["output_dir"] = f"{cfg.run.output_dir.rstrip('/')}/learned"
     data["data"].update({s: f"{data_url}/{s}" for s in SPLITS})
     data["data"]["storage_options"] = so
-    data["train"].update(num_frames=meta.num_frames, feature_dim=meta.feature_dim, graph_executor="sequential",
-                         teacher_bits=cfg.train.teacher_bits or DEMO_TEACHER_BITS)
+    if data["model"]["name"] not in LEARNED:  # the baselines' model section: the students' default architecture
+        data["model"] = {"name": LEARNED[0], "bits": data["model"]["bits"], "params": {}}
+    data["model"]["params"].update(num_frames=meta.num_frames, feature_dim=meta.feature_dim)
+    data["graph"]["executor"] = "sequential"
+    data["train"].update(teacher_bits=cfg.train.teacher_bits or DEMO_TEACHER_BITS)
     return config_from_dict(data, source="demo (learned students)")
+
+
+def student_config(cfg: Config, kind: str, bits: int, output_dir: str) -> Config:
+    """``cfg`` (a :func:`learned_config`) for student ``kind`` at ``bits`` in ``output_dir``: the shared
+    architecture and ``kind``'s own switches (parameters only another student takes are dropped)."""
+    from vhindex.models import model_params
+
+    data = cfg.model_dump(mode="json")
+    data["run"]["output_dir"] = output_dir
+    takes = model_params(kind)
+    data["model"] = {"name": kind, "bits": bits,
+                     "params": {k: v for k, v in data["model"]["params"].items() if k in takes}}
+    return config_from_dict(data, source=f"demo ({kind}-{bits})")
 
 
 class LearnedTrainer:
@@ -129,7 +104,13 @@ class LearnedTrainer:
         self._graph: str | None = None
 
     def _prepare(self) -> tuple[dict[str, FrameDataset], str]:
-        from vhindex.train.recipes import build_teacher_graph, check_datasets, train_teacher, write_teacher_embeddings
+        from vhindex.train.recipes import (
+            build_teacher_graph,
+            check_datasets,
+            student_params,
+            train_teacher,
+            write_teacher_embeddings,
+        )
 
         if self._datasets is None or self._graph is None:
             cfg, t = self.cfg, self.cfg.train
@@ -139,8 +120,8 @@ class LearnedTrainer:
             emb = write_teacher_embeddings(cfg, teacher, self._datasets["train"])
             self._graph = build_teacher_graph(cfg, emb)
             what = "reused" if res is None else f"trained {t.teacher_epochs} epochs"
-            _say(self.out, f"  teacher ({what}, d={t.hidden}, {t.teacher_bits} bits) + embeddings + graph "
-                           f"({t.anchors} anchors) {time.perf_counter() - t0:5.1f}s")
+            _say(self.out, f"  teacher ({what}, d={student_params(cfg)['hidden']}, {t.teacher_bits} bits) + "
+                           f"embeddings + graph ({cfg.graph.anchors} anchors) {time.perf_counter() - t0:5.1f}s")
         return self._datasets, self._graph
 
     def fit(self, kind: str, bits: int) -> Any:
@@ -150,10 +131,7 @@ class LearnedTrainer:
         if kind not in LEARNED:
             raise ValueError(f"demo.learned: unknown learned model {kind!r}; choose from {list(LEARNED)}")
         datasets, graph = self._prepare()
-        data = self.cfg.model_dump(mode="json")
-        data["run"]["output_dir"] = f"{self.cfg.run.output_dir}/{kind}-{bits}"
-        data["train"]["bits"] = bits
-        cfg = config_from_dict(data, source=f"demo ({kind}-{bits})")
+        cfg = student_config(self.cfg, kind, bits, f"{self.cfg.run.output_dir}/{kind}-{bits}")
         trainer = train_student if kind == "dkph" else train_bth
         model, _ = trainer(cfg, datasets, graph_url=graph, progress=False)
         return model

@@ -1,0 +1,333 @@
+"""The query router's parts that need no Ray Serve: request gate, query -> code, fan-out + merge, batching.
+
+:class:`cluster.serve.Router` (the Serve ingress) composes them; each is tested on its own with plain
+``asyncio`` and fake shards (``tests/test_router.py``):
+
+* :class:`RequestGate` -- HTTP concerns: bearer auth, body limits, JSON parsing, request validation
+  (:class:`SearchRequest` / :class:`BatchRequest`), ``k`` and batch-size bounds. Bad input raises
+  :class:`RequestError` with the HTTP status and a message naming the field.
+* :class:`QueryResolver` -- each query to a packed code: hex parsed, an indexed video's code looked up
+  on the shards, frame features encoded by the service's model.
+* :class:`FanOut` -- one search over every shard (a ``search_shard`` coroutine per shard), partial
+  answers when shards are down (never a wrong top-k), the exact merge
+  (:func:`vhindex.index.sharded.merge_topk`), and the router's counters.
+* :class:`AdaptiveBatcher` -- timer-free batching of concurrent single queries into one fan-out.
+"""
+
+# No `from __future__ import annotations`: the request models are FastAPI/pydantic models.
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ["AdaptiveBatcher", "BatchRequest", "FanOut", "Query", "QueryResolver", "RequestError", "RequestGate",
+           "SearchRequest", "VersionNotLoaded", "hits"]
+
+logger = logging.getLogger(__name__)
+
+
+class Query(BaseModel):
+    """One query: exactly one of ``code`` (hex, msb0), ``video_id`` (an indexed video) or ``features``
+    (M x D frame features, encoded by the service's model); ``category`` selects a mask (DVHCM)."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str | None = None
+    video_id: str | None = Field(None, min_length=1, max_length=1024)
+    features: list[list[float]] | None = None
+    category: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Query":
+        given = [k for k in ("code", "video_id", "features") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'code' (hex), 'video_id' or 'features'"
+                             + (f"; got {given}" if given else ""))
+        return self
+
+
+class SearchRequest(Query):
+    """``POST /search`` body."""
+
+    k: int = Field(10, description="neighbours to return")
+
+
+class BatchRequest(BaseModel):
+    """``POST /search/batch`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+    queries: list[Query] = Field(min_length=1)
+    k: int = 10
+
+
+class RequestError(Exception):
+    """A client error: HTTP ``status`` with a message naming what was wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class VersionNotLoaded(LookupError):
+    """A shard replica was asked for an index version it does not hold (restarting, or mid-swap)."""
+
+
+# ------------------------------------------------------------------------------------ HTTP side
+
+
+class RequestGate:
+    """Auth, body limits, parsing and validation of one HTTP request (no I/O of its own).
+
+    Args:
+        settings: the :class:`vhindex.config.ServeSection` (``max_body_bytes``, ``max_k``, ``max_batch``).
+        token_sha256: SHA-256 (hex) of the bearer token every request must send; None: no auth.
+    """
+
+    def __init__(self, settings: Any, token_sha256: str | None = None) -> None:
+        self.max_body_bytes, self.max_k, self.max_batch = settings.max_body_bytes, settings.max_k, settings.max_batch
+        self.token_sha256 = token_sha256
+
+    def check_auth(self, headers: Mapping[str, str]) -> None:
+        """401 unless ``Authorization: Bearer <token>`` matches (constant-time compare of the hashes)."""
+        if self.token_sha256 is None:
+            return
+        header = headers.get("authorization", "")
+        given = hashlib.sha256(header[7:].strip().encode()).hexdigest() if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given, self.token_sha256):
+            raise RequestError(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+
+    def check_declared_length(self, headers: Mapping[str, str]) -> None:
+        """413 before reading a body whose ``Content-Length`` is over the limit."""
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes} bytes")
+
+    def parse(self, raw: bytes, model: type[BaseModel]) -> Any:
+        """The validated ``model`` of a JSON body: 413 too large, 400 not JSON, 422 invalid (fields named)."""
+        if len(raw) > self.max_body_bytes:
+            raise RequestError(413, f"request body of {len(raw)} bytes exceeds the limit of {self.max_body_bytes} bytes")
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RequestError(400, f"malformed JSON body: {err}") from None
+        except RecursionError:  # e.g. 50,000 nested brackets: a bad request, not a server error
+            raise RequestError(400, "malformed JSON body: nested too deeply") from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
+            raise RequestError(422, f"invalid request: {problems}") from None
+
+    def check_k(self, k: int) -> int:
+        """``k`` within ``[1, max_k]`` (400 otherwise)."""
+        if k <= 0 or k > self.max_k:
+            raise RequestError(400, f"k must be between 1 and {self.max_k}, got {k}")
+        return k
+
+    def check_batch(self, n: int) -> None:
+        """At most ``max_batch`` queries in one request (400 otherwise)."""
+        if n > self.max_batch:
+            raise RequestError(400, f"at most {self.max_batch} queries per batch, got {n}")
+
+
+# ------------------------------------------------------------------------------------ query -> code
+
+
+class QueryResolver:
+    """Packed codes ``(n, bits/8)`` of queries: hex parsed, indexed videos looked up, features encoded.
+
+    Args:
+        reconstruct: ``async (video_ids) -> list (one reply per shard)``; each reply is the shard's list
+            of codes (``bytes`` or None per id) or an exception (that shard did not answer).
+        encoder_info: ``async () -> {"num_frames", "feature_dim"}`` of the service's model; None: no model.
+        encode: ``async ((n, M, D) float32) -> (n, bits/8) packed codes``; None: no model.
+        has_mask_table: whether queries may name a ``category``.
+    """
+
+    def __init__(self, reconstruct: Callable[[list[str]], Awaitable[list[Any]]],
+                 encoder_info: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+                 encode: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None,
+                 has_mask_table: bool = False) -> None:
+        self.reconstruct, self.encoder_info, self.encode = reconstruct, encoder_info, encode
+        self.has_mask_table = has_mask_table
+        self._shape: tuple[int, int] | None = None
+
+    async def codes(self, queries: list[Query], bits: int) -> np.ndarray:
+        """Packed codes of ``queries`` in order. Raises :class:`RequestError` (400 / 404) naming the query."""
+        from vhindex.index.codes import hex_to_code
+
+        out = np.zeros((len(queries), bits // 8), dtype=np.uint8)
+        by_id = [(i, q.video_id) for i, q in enumerate(queries) if q.video_id is not None]
+        by_feat = [(i, q.features) for i, q in enumerate(queries) if q.features is not None]
+        for i, q in enumerate(queries):
+            if q.code is not None:
+                try:
+                    out[i] = hex_to_code(q.code, bits)
+                except ValueError as err:
+                    raise RequestError(400, f"queries[{i}].code: {err}") from None
+            if q.category is not None and not self.has_mask_table:
+                raise RequestError(400, f"queries[{i}].category: this service has no category mask table")
+        if by_id:
+            ids = [v for _, v in by_id]
+            replies = await self.reconstruct(ids)
+            found: dict[str, bytes] = {}
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    continue
+                for vid, code in zip(ids, reply, strict=True):
+                    if code is not None:
+                        found[vid] = code
+            for i, vid in by_id:
+                if vid not in found:
+                    missing = [s for s, r in enumerate(replies) if isinstance(r, BaseException)]
+                    extra = f" (shards {missing} did not answer)" if missing else ""
+                    raise RequestError(404, f"queries[{i}].video_id: {vid!r} is not in the index{extra}")
+                out[i] = np.frombuffer(found[vid], dtype=np.uint8)
+        if by_feat:
+            if self.encode is None or self.encoder_info is None:
+                raise RequestError(400, "feature queries need the service to run with a model (serve.model)")
+            if self._shape is None:
+                info = await self.encoder_info()
+                self._shape = (int(info["num_frames"]), int(info["feature_dim"]))
+            m, d = self._shape
+            arrays = []
+            for i, feats in by_feat:
+                arr = np.asarray(feats, dtype=np.float32)
+                if arr.shape != (m, d):
+                    raise RequestError(400, f"queries[{i}].features: expected {m} frames x {d} dims, got shape "
+                                            f"{list(arr.shape)}")
+                if not np.isfinite(arr).all():
+                    raise RequestError(400, f"queries[{i}].features: NaN or Inf values")
+                arrays.append(arr)
+            codes = await self.encode(np.stack(arrays))
+            for (i, _), code in zip(by_feat, codes, strict=True):
+                out[i] = code
+        return out
+
+
+# ------------------------------------------------------------------------------------ fan-out + merge
+
+
+SearchShard = Callable[[int, np.ndarray, int, "np.ndarray | None", "str | None"], Awaitable[Any]]
+
+
+class FanOut:
+    """One search over every shard, merged into the exact top-k of all codes.
+
+    Args:
+        search_shard: ``async (shard, packed, k, categories, version) -> (distances, ids, version)``;
+            an exception marks that shard missing from the answer, except a ``LookupError`` (not
+            :class:`VersionNotLoaded`), which is the caller's mistake (400).
+        num_shards: shards of the index.
+    """
+
+    def __init__(self, search_shard: SearchShard, num_shards: int) -> None:
+        self.search_shard, self.num_shards = search_shard, num_shards
+        #: mean batch = queries / fanouts (the router adds its transport counters)
+        self.counters = {"fanouts": 0, "queries": 0}
+
+    async def __call__(self, packed: np.ndarray, k: int, categories: np.ndarray | None, version: str | None,
+                       bits: int) -> dict[str, Any]:
+        """``{"dist" (n, k), "ids" (n, k), "missing": [shards], "version"}``; 503 when no shard answered."""
+        from vhindex.index.sharded import merge_topk
+
+        self.counters["fanouts"] += 1
+        self.counters["queries"] += int(packed.shape[0])
+        replies = await asyncio.gather(*[self.search_shard(s, packed, k, categories, version)
+                                         for s in range(self.num_shards)], return_exceptions=True)
+        parts, missing = [], []
+        for s, reply in enumerate(replies):
+            if isinstance(reply, BaseException):
+                # shard-side exceptions arrive wrapped in a RayTaskError whose .cause is the original
+                cause = getattr(reply, "cause", reply)
+                if isinstance(cause, LookupError) and not isinstance(cause, VersionNotLoaded):
+                    raise RequestError(400, str(cause))
+                missing.append(s)
+                logger.error("shard %d unavailable: %s", s, reply)
+                continue
+            dist, ids, answered = reply
+            if answered != version:  # cannot happen: shards search exactly the version asked
+                raise RuntimeError(f"shard {s} answered index version {answered}, asked {version}")
+            parts.append((dist, ids))
+        if not parts:
+            raise RequestError(503, f"no shard answered (shards {missing} unavailable); retry later")
+        dist, ids = merge_topk(parts, k, bits)
+        return {"dist": dist, "ids": ids, "missing": missing, "version": version}
+
+
+def hits(dist: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
+    """One query's answer as JSON: ``[{"video_id", "distance"}]`` (empty slots dropped)."""
+    return [{"video_id": v, "distance": int(d)} for d, v in zip(dist, ids, strict=True) if v is not None]
+
+
+# ------------------------------------------------------------------------------------ batching
+
+
+class AdaptiveBatcher:
+    """Merges concurrent calls into batches without a timer ("natural" batching).
+
+    A call goes out at once while fewer than ``max_inflight`` batches are running; otherwise it waits
+    and leaves with everything that queued up behind it (at most ``max_size``) as soon as a running
+    batch finishes. An idle service adds no wait; under load batches grow with the load. ``@serve.batch``
+    instead closes a batch ``batch_wait_timeout_s`` after its first item whether or not earlier batches
+    are still running, so under load it sends many small batches (measured: ~1.4 queries per shard
+    fan-out at 16 concurrent clients) and an idle query always pays the wait.
+
+    Args:
+        run: ``async run(items) -> results`` (one result per item, same order, handed back as they
+            are). If ``run`` raises, every caller of that batch gets the exception.
+        max_size: most items per batch.
+        max_inflight: batches running at once.
+    """
+
+    def __init__(self, run: Any, max_size: int, max_inflight: int) -> None:
+        if max_size < 1 or max_inflight < 1:
+            raise ValueError(f"max_size and max_inflight must be >= 1, got {max_size}, {max_inflight}")
+        self.run, self.max_size, self.max_inflight = run, max_size, max_inflight
+        self.pending: list[tuple[Any, asyncio.Future]] = []
+        self.inflight = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, item: Any) -> Any:
+        """Run ``item`` in the next batch; its result (or its exception, raised)."""
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        self._dispatch()
+        return await future
+
+    def _dispatch(self) -> None:
+        while self.pending and self.inflight < self.max_inflight:
+            batch = [(i, f) for i, f in self.pending[: self.max_size] if not f.cancelled()]
+            del self.pending[: self.max_size]
+            if not batch:
+                continue
+            self.inflight += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)  # keep a reference: the loop holds tasks only weakly
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            results = await self.run([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        except asyncio.CancelledError:  # the loop is shutting down: the callers are cancelled too
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as err:  # noqa: BLE001 -- every waiting caller gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+        finally:
+            self.inflight -= 1
+            self._dispatch()

@@ -1,0 +1,7 @@
+"""``python -m vhindex``: the ``vhindex`` command line (:mod:`vhindex.app.cli`)."""
+
+import sys
+
+from vhindex.app.cli import main
+
+sys.exit(main())
