@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PIPC   := $(PIP) install --disable-pip-version-check -c constraints.txt
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: help demo test test-fast lint bench bench-sources bench-quality install install-dev clean
+.PHONY: help demo test test-fast lint bench-sources bench-quality install install-dev clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,8 +43,16 @@ install-dev: $(VENV)/.dev-installed  ## create .venv and install everything (ray
 demo: $(VENV)/.demo-installed  ## run the demo pipeline on an embedded synthetic dataset (local Ray + Serve)
 	$(VENV)/bin/vhindex demo --config configs/demo.yaml
 
+# Two pytest-xdist workers: the tests that start a local Ray run one after another in one worker
+# (xdist_group "ray", sharing one Ray), the private-head kill tests in another ("rayhead"), the rest
+# spread over both. The Ray-heavy tests mostly wait on processes, so the other core stays busy.
+PYTEST := RAY_AUTH_MODE=disabled $(PY) -m pytest -n 2 --dist loadgroup
+
 test: $(VENV)/.dev-installed bench-work/sources/fetched.json  ## run the whole test suite
-	RAY_AUTH_MODE=disabled $(PY) -m pytest
+	$(PYTEST)
+
+test-fast: $(VENV)/.dev-installed bench-work/sources/fetched.json  ## the suite without the slow Ray/video tests (< 3 min)
+	$(PYTEST) -m "not slow and not integration"
 
 # The Debian packages the real-data benchmarks (and the real-video tests) read: `apt-get download`
 # + `dpkg -x` under bench-work/sources/root -- no root rights, nothing installed system-wide.

@@ -95,15 +95,63 @@ def memory_url():
         fs.rm(path, recursive=True)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray on 127.0.0.1 (2 CPUs) for one test module, shut down afterwards (if it started it)."""
+class SharedRay:
+    """One local Ray (127.0.0.1, 4 CPUs, Serve's fast-path environment) for every test that can share it.
+
+    Started on first use and kept for the session (per pytest-xdist worker): each Ray start costs
+    seconds. A test that must own its cluster -- other cluster settings, a private head -- asks for
+    :func:`private_ray`, which shuts the shared one down first (it starts again on the next use).
+    """
+
+    def __init__(self) -> None:
+        self.started = False
+        self.direct_port: int | None = None
+
+    def ensure(self) -> SharedRay:
+        import ray
+
+        from cluster.runtime import connect_ray, free_ports
+        from cluster.serve import serve_cluster_env
+        from vhindex.config import ServeSection
+
+        if not ray.is_initialized():
+            # the product default: Serve throughput-optimized, router replicas answering on their own ports
+            # (a range fixed when Ray starts: tests deploy with this direct_port)
+            self.direct_port = free_ports(1)[0]
+            env = serve_cluster_env(ServeSection(direct_port=self.direct_port, direct_drain_s=0.5))
+            self.started = connect_ray(num_cpus=4, env=env)
+        return self
+
+    def release(self) -> None:
+        import ray
+
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+        self.started = False
+
+
+@pytest.fixture(scope="session")
+def _shared_ray_state():
     pytest.importorskip("ray")
-    import ray
+    state = SharedRay()
+    yield state
+    state.release()
 
-    from cluster.runtime import connect_ray
 
-    started = connect_ray(num_cpus=2)
+@pytest.fixture(scope="module")
+def shared_ray(_shared_ray_state) -> SharedRay:
+    """The session's shared local Ray (see :class:`SharedRay`), started if needed."""
+    return _shared_ray_state.ensure()
+
+
+@pytest.fixture(scope="module")
+def local_ray(shared_ray):
+    """A local Ray on 127.0.0.1 for the module: the shared one."""
+    yield shared_ray
+
+
+@pytest.fixture(scope="module")
+def private_ray(_shared_ray_state):
+    """For a module that starts its own Ray: the shared one is shut down first."""
+    _shared_ray_state.release()
     yield
-    if started:
-        ray.shutdown()

@@ -85,6 +85,7 @@ def tiny_run(tmp_path_factory):
     return cfg, out, tmp, lines
 
 
+@pytest.mark.slow
 def test_tiny_build_reports_every_method_bits_and_protocol(tiny_run) -> None:
     cfg, out, tmp, _ = tiny_run
     b = cfg.bench
@@ -120,6 +121,7 @@ def _literal_rankings(codes: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.argsort(dist, axis=1, kind="stable")
 
 
+@pytest.mark.slow
 def test_tiny_lsh_numbers_equal_a_literal_recomputation(tiny_run) -> None:
     """LSH-16's table entries recomputed from the extracted features with loops written from the definitions."""
     from vhindex.data import FrameDataset
@@ -165,6 +167,7 @@ def test_tiny_lsh_numbers_equal_a_literal_recomputation(tiny_run) -> None:
         assert out.fashion["lsh"][16]["paper"][k][0] == pytest.approx(np.mean(aps), abs=1e-12), k
 
 
+@pytest.mark.slow
 def test_tiny_rerun_reuses_the_build_and_gives_the_same_numbers(tiny_run) -> None:
     from vhindex.benchdata.quality import run_quality_bench
 

@@ -22,6 +22,9 @@ SMALL_DKPH = ("model.params.hidden=32", "model.params.ffn=64", "train.teacher_ep
               "train.pair_backend=numpy")
 
 
+@pytest.mark.integration  # the demo ends by serving on a local Ray
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "run"
     proc = _cli("demo", "--config", "configs/demo.yaml", "synth.preset=tiny", f"run.output_dir={out}",
@@ -100,3 +103,38 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "missing" in err
     with pytest.raises(SystemExit):
         main(["query", "--index", str(tmp_path)])  # needs --code or --video-id
+
+
+def test_train_command_and_the_paper_configs(tmp_path, capsys):
+    """`vhindex train` runs the training recipe (what jobs/train_dkph.py runs) with the code length as an
+    override; a paper config without its datasets exits 2 naming them; both index formats build."""
+    out = tmp_path / "run"
+    rc = main(["train", "--config", "configs/train/demo.yaml", "--no-progress", f"run.output_dir={out}",
+               "model.bits=32", "train.teacher_epochs=1", "train.epochs=1", "train.backend=local"])
+    assert rc == 0, capsys.readouterr().err[-3000:]
+    text = capsys.readouterr().out
+    assert f"RESULT model={out}/model" in text and "mAP@5=" in text
+    from vhindex.models import load_model
+
+    model = load_model(str(out / "model"))
+    assert (model.name, model.bits) == ("dkph", 32)
+    # the BTH student of the same config, by name
+    assert main(["train", "--config", "configs/train/demo.yaml", "--no-progress", f"run.output_dir={out}",
+                 "model.name=bth", "model.bits=32", "train.teacher_epochs=1", "train.epochs=1",
+                 "train.backend=local"]) == 0
+    assert load_model(str(out / "bth" / "model")).name == "bth"
+    capsys.readouterr()
+    for name in ("fcvid", "activitynet", "yfcc"):
+        assert main(["train", "--config", f"configs/train/{name}.yaml", "model.bits=16",
+                     f"run.output_dir={tmp_path / name}", "train.backend=local"]) == 2
+        assert "data.train, data.query, data.database: required" in capsys.readouterr().err
+    # a moved key names its replacement
+    assert main(["train", "--config", "configs/train/demo.yaml", "train.bits=16"]) == 2
+    assert "train.bits: this key moved: use model.bits instead" in capsys.readouterr().err
+    # the two index formats, by name
+    assert main(["index", "sharded", "--codes", str(out / "codes" / "database"), "--out", str(tmp_path / "sharded"),
+                 "--shards", "1"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_shards"] == 1 and sum(info["counts"]) == 256
+    assert main(["index", "flat", "--codes", str(out / "codes" / "database"), "--out", str(tmp_path / "flat")]) == 0
+    assert "indexed 256 codes of 32 bits" in capsys.readouterr().out

@@ -220,24 +220,17 @@ def test_embeddings_on_s3(client, s3_server, data, sequential_fit):
     assert manifest.embeddings_url.startswith("s3://")
 
 
-def test_dask_on_ray_gives_the_same_anchors(tmp_path):
-    ray = pytest.importorskip("ray")
+@pytest.mark.xdist_group("ray")
+def test_dask_on_ray_gives_the_same_anchors(tmp_path, shared_ray):
     x = _clustered(400, 8, 6, seed=5)
     url = str(tmp_path / "emb")
     _write(url, x, row_group_size=100, rows_per_file=200)
     src = ParquetChunkSource(url, rows_per_chunk=100)
     ref = fit_kmeans(SequentialExecutor(src, num_threads=1), 6, seed=0, n_iter=3, init="k-means++", tol=0.0)
-    from cluster.runtime import connect_ray
-
-    started = connect_ray(num_cpus=2)
-    try:
-        with connect("ray") as conn:
-            assert not conn.started_ray  # reuses the connection made above
-            manifest = build_graph(url, str(tmp_path / "graph"), k=6, a=5, rows_per_chunk=100, seed=0,
-                                   n_iter=3, tol=0.0, connection=conn)
-    finally:
-        if started:
-            ray.shutdown()
+    with connect("ray") as conn:
+        assert not conn.started_ray  # reuses the connection made above (the shared local Ray)
+        manifest = build_graph(url, str(tmp_path / "graph"), k=6, a=5, rows_per_chunk=100, seed=0,
+                               n_iter=3, tol=0.0, connection=conn)
     assert manifest.executor == "dask-on-ray"
     anchors, _, _, _ = load_graph(str(tmp_path / "graph"))
     assert np.array_equal(anchors, ref.centroids)

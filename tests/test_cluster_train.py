@@ -158,12 +158,15 @@ def _processes(head: RayHead, *needles: str) -> list:
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.xdist_group("rayhead")
 def test_ray_job_submit_killed_and_resubmitted_resumes_on_ray_train(tmp_path):
     """`ray job submit` on a private head; SIGKILL the job's driver mid-teacher; the same submission resumes."""
     pytest.importorskip("ray")
     pytest.importorskip("psutil")
     out = tmp_path / "run"
-    teacher_epochs = 20
+    # the driver is killed right after the first checkpoint (~1 s per epoch here), so 6 epochs leave
+    # room for the kill and keep the resumed run short (each epoch is a Ray Train report + checkpoint)
+    teacher_epochs = 6
     entry = ["python", "jobs/train_dkph.py", "--config", DEMO, f"run.output_dir={out}",
              f"train.teacher_epochs={teacher_epochs}", "train.batch_size=8"]
     pointer = out / "teacher" / "ckpt" / "latest.json"
@@ -235,7 +238,7 @@ def test_ray_job_submit_killed_and_resubmitted_resumes_on_ray_train(tmp_path):
     assert ray_ckpts and (ray_ckpts[-1] / "latest.json").exists(), list((out / "ray").rglob("*"))[:20]
 
 
-def test_ray_storage_and_paths(tmp_path, monkeypatch):
+def test_ray_storage_and_paths(tmp_path, monkeypatch, private_ray):  # "auto" = local only when not attached
     from cluster.train import absolutize_paths, ray_storage, resolve_backend
     from vhindex.config import load_config
 

@@ -183,6 +183,7 @@ def test_model_and_dataset_shapes_must_agree(corpus, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("ray")
 def test_ray_actor_pool_writes_the_same_codes_as_in_process(corpus, tmp_path, local_ray):
     from cluster.data import ray_engine
     from vhindex.config import PipelineSection

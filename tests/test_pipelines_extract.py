@@ -164,6 +164,7 @@ def test_local_extraction_matches_the_extractor_and_counts_corrupted_videos(clip
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_killing_an_actor_mid_job_loses_and_duplicates_nothing(clips, oracle, tmp_path, local_ray):
     from cluster.data import ray_engine
     from vhindex.config import PipelineSection
@@ -220,6 +221,7 @@ def test_killing_an_actor_mid_job_loses_and_duplicates_nothing(clips, oracle, tm
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.xdist_group("rayhead")
 def test_killed_job_rerun_finishes_the_remaining_shards_exactly_once(clips, oracle, tmp_path):
     from tests.ray_head import RayHead, ray_env
 

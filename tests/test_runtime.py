@@ -42,6 +42,7 @@ ray.shutdown()
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("ray")
 def test_local_ray_runs_on_loopback_even_when_ray_was_imported_first(tmp_path):
     pytest.importorskip("ray")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}

@@ -25,7 +25,7 @@ from vhindex.data.writer import CodesDatasetWriter
 from vhindex.index.codes import code_to_hex
 from vhindex.index.testing import assert_same_knn, brute_force_knn
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ray")]
 
 BITS = 64
 TOKEN_ENV = "VHINDEX_TEST_TOKEN"
@@ -80,22 +80,15 @@ def _oracle(ids: list[str], codes: np.ndarray, queries: np.ndarray) -> tuple[np.
 
 
 @pytest.fixture(scope="module")
-def ray_serve(tmp_path_factory):
-    import ray
+def ray_serve(shared_ray):
     from ray import serve
 
-    from cluster.runtime import connect_ray, free_ports
-    from cluster.serve import serve_cluster_env
-    from vhindex.config import ServeSection
+    from cluster.runtime import free_ports
 
-    port, direct_port = free_ports(2)
-    # the product default: Serve throughput-optimized, router replicas answering on their own ports
-    started = connect_ray(num_cpus=4, env=serve_cluster_env(ServeSection(direct_port=direct_port, direct_drain_s=0.5)))
+    port = free_ports(1)[0]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port, direct_port
+    yield port, shared_ray.direct_port
     serve.shutdown()
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ from test_serve import _as_arrays, _build, _codes, _deploy, _oracle, _settings
 from vhindex.index.codes import code_to_hex
 from vhindex.index.testing import assert_same_knn
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ray")]
 
 
 @pytest.fixture(scope="module")
-def classic_serve():
+def classic_serve(private_ray):
     import ray
     from ray import serve
 
