@@ -122,3 +122,91 @@ def test_anchor_shape_mismatch_is_clear():
     out1, out2 = _dkph_outs()
     with pytest.raises(ValueError, match="same width d"):
         dkph_loss(out1, out2, F0, F0, S, torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+# ------------------------------------------------------------------ masked contrastive (ConMH, GCMH)
+
+
+def _dcl_literal(z1, z2, t, tau_plus):
+    """The debiased contrastive loss written out per anchor with Python loops (the oracle)."""
+    import math
+
+    import numpy as np
+
+    u = np.concatenate([z1, z2]).astype(np.float64)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    b = len(z1)
+    n = 2 * b - 2
+    losses = []
+    for i in range(2 * b):
+        partner = i + b if i < b else i - b
+        pos = math.exp(float(u[i] @ u[partner]) / t)
+        neg = sum(math.exp(float(u[i] @ u[j]) / t) for j in range(2 * b) if j not in (i, partner))
+        ng = max((neg - tau_plus * n * pos) / (1 - tau_plus), n * math.exp(-1 / t))
+        losses.append(-math.log(pos / (pos + ng)))
+    return sum(losses) / len(losses)
+
+
+def test_dcl_loss_hand_computed_and_literal():
+    import math
+
+    import numpy as np
+
+    from vhindex.models.losses import dcl_loss
+
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # every anchor: pos = e^2, two negatives of exp(0) = 1, N = 2
+    assert float(dcl_loss(z, z, 0.5, 0.0)) == pytest.approx(math.log(1 + 2 * math.exp(-2)), rel=1e-6)  # 0.23958
+    ng = (2 - 0.1 * 2 * math.exp(2)) / 0.9  # debiased: 0.5802 > the floor 2 e^-2
+    assert float(dcl_loss(z, z, 0.5, 0.1)) == pytest.approx(math.log(1 + ng * math.exp(-2)), rel=1e-6)  # 0.07559
+    # random views, several temperatures and priors: equal to the literal loops (including the floor)
+    rng = np.random.default_rng(0)
+    for b, k, t, tp in ((3, 4, 0.5, 0.1), (5, 8, 0.2, 0.05), (4, 16, 1.0, 0.0), (6, 3, 0.1, 0.3)):
+        z1, z2 = rng.standard_normal((b, k)), rng.standard_normal((b, k))
+        got = float(dcl_loss(torch.tensor(z1), torch.tensor(z2), t, tp))
+        assert got == pytest.approx(_dcl_literal(z1, z2, t, tp), rel=1e-9), (b, k, t, tp)
+    with pytest.raises(ValueError, match="tau_plus"):
+        dcl_loss(z, z, 0.5, 1.0)
+    with pytest.raises(ValueError, match="both be"):
+        dcl_loss(z, z[:1], 0.5, 0.1)
+
+
+def test_balance_and_decorrelation_hand_computed():
+    from vhindex.models.losses import balance_loss, decorrelation_loss
+
+    assert float(balance_loss(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))) == pytest.approx(0.5)  # bit means 1, 0
+    assert float(balance_loss(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))) == 0.0
+    independent = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
+    assert float(decorrelation_loss(independent)) == pytest.approx(0.0, abs=1e-9)
+    copies = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])  # bit 2 = bit 1: correlation 1
+    assert float(decorrelation_loss(copies)) == pytest.approx(1.0, rel=1e-5)
+    three = torch.tensor([[1.0, 1.0, -1.0], [-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [-1.0, 1.0, -1.0]])
+    # by hand: bits c1 = [1,-1,1,-1], c2 = [1,-1,-1,1], c3 = [-1,1,1,-1] (means 0, norms 2):
+    # corr(1,2) = 0, corr(1,3) = 0, corr(2,3) = -4/4 = -1 -> off-diagonal squares sum 2 over 3 * 2 entries
+    assert float(decorrelation_loss(three)) == pytest.approx(1 / 3, rel=1e-5)
+
+
+def test_conmh_and_gcmh_losses_combine_their_terms():
+    from vhindex.models.losses import balance_loss, conmh_loss, dcl_loss, decorrelation_loss, gcmh_loss, recon_loss
+
+    g = torch.Generator().manual_seed(0)
+
+    def view(b=4, k=8, m=3, d=5):
+        return {"code": torch.randn(b, k, generator=g), "recon": torch.randn(b, m, d, generator=g),
+                "target": torch.randn(b, m, d, generator=g)}
+
+    v1, v2, nb = view(), view(), view()
+    out = conmh_loss(v1, v2, temperature=0.5, tau_plus=0.1, contrast_weight=0.3)
+    recon = recon_loss(v1["recon"], v1["target"]) + recon_loss(v2["recon"], v2["target"])
+    contrast = dcl_loss(v1["code"], v2["code"], 0.5, 0.1)
+    assert float(out["total"]) == pytest.approx(float(recon + 0.3 * contrast), rel=1e-6)
+    out = gcmh_loss(v1, v2, nb, temperature=0.5, tau_plus=0.1, contrast_weight=0.3, neighbour_weight=2.0,
+                    balance_weight=0.5, decorrelation_weight=0.25)
+    codes = torch.cat([v1["code"], v2["code"]])
+    expect = (recon + 0.3 * contrast + 2.0 * dcl_loss(v1["code"], nb["code"], 0.5, 0.1)
+              + 0.5 * balance_loss(codes) + 0.25 * decorrelation_loss(codes))
+    assert float(out["total"]) == pytest.approx(float(expect), rel=1e-6)
+    assert set(out) == {"total", "recon", "contrast", "neighbour", "balance", "decorrelation"}
+    no_nb = gcmh_loss(v1, v2, None, temperature=0.5, tau_plus=0.1, contrast_weight=0.3, neighbour_weight=2.0,
+                      balance_weight=0.0, decorrelation_weight=0.0)
+    assert "neighbour" not in no_nb and float(no_nb["total"]) == pytest.approx(float(recon + 0.3 * contrast))

@@ -495,7 +495,13 @@ class BenchSection(_Section):
         default_factory=dict, description="`train` fields changed for the near-duplicate benchmark: its few hundred "
                                           "videos need more epochs / smaller batches for the same number of steps.")
     methods: list[str] = Field(default_factory=lambda: ["lsh", "itq", "bth", "dkph"],
-                               description="Video-level methods (lsh, pca_sign, itq, bth, dkph).")
+                               description="Video-level methods (lsh, pca_sign, itq, bth, dkph, conmh, gcmh).")
+    method_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Model parameters per learned method (e.g. {gcmh: {depth: 2}}); the "
+                                          "benchmark trains several models, so they are set here, not in model.params.")
+    method_train: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="`train` fields per learned method (e.g. {conmh: {lr: 1.0e-4}}), over the "
+                                          "train section and the benchmark's fashion_train / neardup_train.")
     frame_methods: list[str] = Field(default_factory=lambda: ["lsh", "itq"],
                                      description="Frame-level hashers of the UTS retrieval pipeline.")
     bits: list[int] = Field(default_factory=lambda: [16, 32, 64])

@@ -315,6 +315,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_bench_quality(args: argparse.Namespace) -> int:
     from vhindex.benchdata.quality import run_quality_bench
 
+    if args.methods:  # a subset of methods (their results are merged into the report's tables)
+        args.overrides = [*args.overrides, f"bench.methods=[{args.methods}]"]
     cfg = _config(args)
     command = "vhindex bench quality " + " ".join(
         ([f"--config {args.config}"] if args.config else []) + list(args.overrides))
@@ -469,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_bench_sources)
     c = bsub.add_parser("quality", help="every method x 16/32/64 bits on the fashion-clip and near-duplicate "
                                         "benchmarks -> markdown tables + plots")
+    c.add_argument("--methods", help="comma-separated subset of bench.methods to run, e.g. conmh,gcmh")
     _add_config_args(c, default="configs/bench/quality.yaml")
     c.set_defaults(func=cmd_bench_quality)
 

@@ -24,6 +24,7 @@ embeddings and the anchor graph per seed (the teacher runs at ``train.teacher_bi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import hashlib
@@ -50,7 +51,8 @@ __all__ = [
 ]
 
 SPLITS = ("train", "query", "database")
-LEARNED = ("bth", "dkph")
+LEARNED = ("bth", "dkph", "conmh", "gcmh")
+TEACHER_STUDENTS = ("bth", "dkph")  # share one teacher and anchor graph per seed
 Log = Callable[[str], None]
 
 
@@ -203,6 +205,7 @@ class _Runner:
         self.log = log
         self.command = command
         self.out = BenchOutcome()
+        self._previous: dict[str, Any] | None = None
         self.t_start = time.perf_counter()
 
     # -------------------------------------------------------------- helpers
@@ -230,26 +233,23 @@ class _Runner:
 
     def _train_config(self, bench: str, *, seed: int, out_dir: str, urls: dict[str, str], ds: FrameDataset, bits: int,
                       method: str = "dkph") -> Config:
-        """The training config of ``method`` (a student) on one benchmark: the ``model`` section's architecture
-        (``num_frames`` / ``feature_dim`` from the data), the ``train`` section with the benchmark's
-        overrides, and ``graph.anchors`` scaled to the training set (:attr:`BenchSection.anchors_per_video`)."""
-        from vhindex.models import model_params
-
+        """The training config of ``method`` (a learned model) on one benchmark: its ``bench.method_params``
+        (``num_frames`` / ``feature_dim`` from the data), the ``train`` section with the benchmark's and the
+        method's overrides, and ``graph.anchors`` scaled to the training set (:attr:`BenchSection.anchors_per_video`)."""
         d = self.cfg.model_dump(mode="json")
-        train = {**d["train"], **getattr(self.b, f"{bench}_train")}
+        train = {**d["train"], **getattr(self.b, f"{bench}_train"), **self.b.method_train.get(method, {})}
         n_train = FrameDataset.open(urls["train"]).num_videos
         # at least 2a anchors (the graph keeps a nearest anchors per video), at most one per video
         g = self.cfg.graph
         anchors = min(n_train, max(2 * g.nearest_anchors, min(g.anchors, int(self.b.anchors_per_video * n_train))))
-        takes = model_params(method)
-        params = {k: v for k, v in d["model"]["params"].items() if k in takes}
+        params = dict(self.b.method_params.get(method, {}))
         d["run"] = {**d["run"], "seed": seed, "output_dir": out_dir}
         d["data"] = {**d["data"], **{s: urls[s] for s in SPLITS}}
         d["model"] = {"name": method, "bits": bits,
                       "params": {**params, "num_frames": ds.meta.num_frames, "feature_dim": ds.meta.feature_dim}}
         d["graph"] = {**d["graph"], "anchors": anchors}
         d["train"] = {**train, "eval_every": 0}
-        return config_from_dict(d, source=f"bench quality ({bench})")
+        return config_from_dict(d, source=f"bench quality ({bench}, {method})")
 
     def _models(self, bench: str, urls: dict[str, str], seed: int) -> Any:
         """Yield ``(method, bits, model)`` for every video-level method and code length of one seed."""
@@ -266,8 +266,8 @@ class _Runner:
         train = FrameDataset.open(urls["train"])
         # one folder per training setting: a changed schedule trains afresh instead of hitting a stale checkpoint
         settings = {"train": {**self.cfg.train.model_dump(mode="json"), **getattr(self.b, f"{bench}_train")},
-                    "model": self.cfg.model.model_dump(mode="json"),
-                    "graph": self.cfg.graph.model_dump(mode="json"), "anchors_per_video": self.b.anchors_per_video}
+                    "graph": self.cfg.graph.model_dump(mode="json"), "anchors_per_video": self.b.anchors_per_video,
+                    "method_params": self.b.method_params, "method_train": self.b.method_train}
         tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
         seed_dir = f"{self.work}/{bench}/models/{tag}/seed{seed}"
         graph = None
@@ -278,8 +278,23 @@ class _Runner:
                         m, k, train, seed=seed, batch_size=self.cfg.data.batch_size))
                     yield method, bits, model
                     continue
+                if method not in TEACHER_STUDENTS:  # ConMH / GCMH: one stage, no teacher
+                    from vhindex.train.contrastive import build_neighbour_graph, train_contrastive_student
+
+                    ccfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}", urls=urls,
+                                              ds=train, bits=bits, method=method)
+
+                    def fit_contrastive(c: Config = ccfg) -> Any:
+                        datasets = check_datasets(c)
+                        if c.model.name == "gcmh" and c.model.params.get("neighbour_weight", 1.0) > 0:
+                            build_neighbour_graph(c, datasets["train"])
+                        return train_contrastive_student(c, datasets, progress=False)[0]
+
+                    yield method, bits, self._timed(f"{bench} train {method}", fit_contrastive)
+                    continue
                 if graph is None:
-                    tcfg = self._train_config(bench, seed=seed, out_dir=seed_dir, urls=urls, ds=train, bits=bits)
+                    tcfg = self._train_config(bench, seed=seed, out_dir=seed_dir, urls=urls, ds=train, bits=bits,
+                                              method=method)
                     datasets = check_datasets(tcfg)
 
                     def teacher_graph(tcfg: Config = tcfg, datasets: dict = datasets) -> str:
@@ -427,17 +442,48 @@ class _Runner:
 
     # -------------------------------------------------------------- report
 
+    def _with_earlier_rows(self) -> BenchOutcome:
+        """This run's outcome plus the rows of methods it did not run, kept from the previous report of the same
+        benchmark data (``--methods`` runs a subset: the other rows stay)."""
+        path = Path(self.b.report)
+        prev_path = path.parent / (path.stem + ".json")
+        if self._previous is None:
+            try:
+                self._previous = json.loads(prev_path.read_text()) if prev_path.exists() else {}
+            except (OSError, ValueError):
+                self._previous = {}
+        out = copy.deepcopy(self.out)
+        for bench in ("fashion", "neardup"):
+            old_info = self._previous.get("info", {}).get(bench, {})
+            new_info = out.info.get(bench, {})
+            if not old_info or old_info.get("spec") != new_info.get("spec") or old_info.get("videos") != new_info.get(
+                    "videos"):
+                continue  # other data: nothing to keep
+            rows = getattr(out, bench)
+            for row, cells in self._previous.get(bench, {}).items():
+                if row not in rows:
+                    rows[row] = {int(bits): _int_keys(cell) for bits, cell in cells.items()}
+        return out
+
     def report(self, final: bool) -> str:
-        text = render_report(self.out, self.cfg, self.command, time.perf_counter() - self.t_start)
+        merged = self._with_earlier_rows()
+        text = render_report(merged, self.cfg, self.command, time.perf_counter() - self.t_start)
         if not final:
             text += "\n(partial: still running)\n"
         path = Path(self.b.report)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        (path.parent / (path.stem + ".json")).write_text(json.dumps(self.out.to_dict(), indent=1, default=str))
+        (path.parent / (path.stem + ".json")).write_text(json.dumps(merged.to_dict(), indent=1, default=str))
         if self.b.plots and final:
-            write_plots(self.out, path.parent / path.stem)
+            write_plots(merged, path.parent / path.stem)
         return text
+
+
+def _int_keys(cell: Any) -> Any:
+    """A results.json cell with its K keys back as ints (``{"paper": {"20": [...]}}`` -> ``{20: [...]}``)."""
+    if isinstance(cell, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in cell.items()}
+    return cell
 
 
 def _check_methods(cfg: Config) -> None:
@@ -491,7 +537,7 @@ def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float) 
     t = cfg.train
     from vhindex.models import model_params
 
-    hidden = model_params("dkph", {k: v for k, v in cfg.model.params.items() if k == "hidden"})["hidden"]
+    hidden = model_params("dkph", {k: v for k, v in b.method_params.get("dkph", {}).items() if k == "hidden"})["hidden"]
     lines += [f"Learned models: d={hidden}, teacher {t.teacher_epochs} epochs at {t.teacher_bits or 'K'} bits, "
               f"students {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, anchors min({cfg.graph.anchors}, "
               f"{b.anchors_per_video} x training videos)"

@@ -25,11 +25,14 @@ from vhindex.models.base import (
     signs,
 )
 from vhindex.models.baselines import ITQ, LSH, PCASign, quantization_loss, random_orthogonal
+from vhindex.models.contrastive import GCMH, ConMH  # noqa: E402,I001  (after the base models)
 from vhindex.models.learned import BTH, DKPH
 
 __all__ = [
     "BTH",
+    "ConMH",
     "DKPH",
+    "GCMH",
     "ITQ",
     "LSH",
     "MODEL_REGISTRY",

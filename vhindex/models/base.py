@@ -100,6 +100,7 @@ def model_params(name: str, params: dict[str, Any] | None = None) -> dict[str, A
     sig = inspect.signature(cls.__init__)
     known = {p.name: p.default for p in list(sig.parameters.values())[1:]
              if p.name not in ("bits", "device") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    known.update(getattr(cls, "DEFAULTS", {}))  # models that take **params list their defaults there
     unknown = sorted(set(params or {}) - set(known))
     if unknown:
         raise ValueError(f"model {name!r} takes no parameter(s) {unknown}; it takes {sorted(known)}")

@@ -35,7 +35,7 @@ from vhindex.models.nets import BTHNet, DKPHNet, build_bth, build_dkph
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BTH", "DKPH", "ENCODE_BATCH", "resolve_device"]
+__all__ = ["BTH", "DKPH", "ENCODE_BATCH", "TorchHashModel", "resolve_device"]
 
 #: Videos per forward pass in :meth:`_TorchHashModel.encode` (peak float32 input memory B*M*D*4 bytes).
 ENCODE_BATCH = 1024
@@ -58,20 +58,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-class _TorchHashModel(HashModel):
-    """Shared behaviour of the torch-backed models (config, weights, batched no-grad encoding)."""
+class TorchHashModel(HashModel):
+    """Shared behaviour of the torch-backed models (config, weights, batched no-grad encoding).
 
-    net: BTHNet | DKPHNet
+    Subclasses build their network and call :meth:`_finish_init`; ``arch`` (which must hold
+    ``num_frames`` and ``feature_dim``) is the model's config, saved with it.
+    """
 
-    def __init__(self, bits: int, num_frames: int, feature_dim: int, hidden: int, layers: int, heads: int,
-                 ffn: int, dropout: float, device: str | torch.device | None) -> None:
+    net: torch.nn.Module
+
+    def __init__(self, bits: int, arch: dict[str, Any], device: str | torch.device | None) -> None:
         super().__init__(bits)
-        self._arch = {"num_frames": num_frames, "feature_dim": feature_dim, "hidden": hidden, "layers": layers,
-                      "heads": heads, "ffn": ffn, "dropout": dropout}
-        self.num_frames, self.feature_dim = num_frames, feature_dim
+        self._arch = dict(arch)
+        self.num_frames, self.feature_dim = int(arch["num_frames"]), int(arch["feature_dim"])
         self.device = resolve_device(device)
 
-    def _finish_init(self, net: BTHNet | DKPHNet) -> None:
+    def _finish_init(self, net: torch.nn.Module) -> None:
         self.net = net.to(self.device)
 
     # ------------------------------------------------------------------ HashModel
@@ -153,6 +155,16 @@ class _TorchHashModel(HashModel):
         """
         frames = self.check_frames(frames)
         return signs(self._scores(frames))
+
+class _TorchHashModel(TorchHashModel):
+    """BTH / DKPH: the released transformer encoder's architecture parameters."""
+
+    net: BTHNet | DKPHNet
+
+    def __init__(self, bits: int, num_frames: int, feature_dim: int, hidden: int, layers: int, heads: int,
+                 ffn: int, dropout: float, device: str | torch.device | None) -> None:
+        super().__init__(bits, {"num_frames": num_frames, "feature_dim": feature_dim, "hidden": hidden,
+                                "layers": layers, "heads": heads, "ffn": ffn, "dropout": dropout}, device)
 
     def latent_features(self, frames: np.ndarray) -> np.ndarray:
         """Mean over frames of the encoder's hidden states, float32 ``(B, hidden)``.

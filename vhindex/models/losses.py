@@ -23,10 +23,14 @@ the training objective.
 
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bth_loss", "dkph_loss", "recon_loss", "teacher_loss"]
+__all__ = ["balance_loss", "bth_loss", "conmh_loss", "dcl_loss", "decorrelation_loss", "dkph_loss", "gcmh_loss",
+           "recon_loss", "teacher_loss"]
 
 
 def recon_loss(recon: Tensor, target: Tensor) -> Tensor:
@@ -136,3 +140,77 @@ def dkph_loss(
         bsim = bsim.detach()
     return {"total": total, "recon": recon, "tsim": tsim, "bsim": bsim}
 
+
+
+# ---------------------------------------------------------------------- masked contrastive (ConMH, GCMH)
+
+
+def dcl_loss(z1: Tensor, z2: Tensor, temperature: float = 0.5, tau_plus: float = 0.1) -> Tensor:
+    """Debiased contrastive loss (Chuang et al., NeurIPS 2020) between two views, as ConMH uses it.
+
+    Rows ``i`` of ``z1`` and ``z2`` (``(B, K)``) are a positive pair; every other row of either view is
+    a negative. With ``u = normalize(z)``, ``pos_i = exp(<u1_i, u2_i> / t)`` and ``neg_i`` the
+    ``2B - 2`` values ``exp(<u_i, u_j> / t)`` over the other rows (both views),
+    ``Ng_i = max((sum neg_i - tau_plus * N * pos_i) / (1 - tau_plus), N * e^(-1/t))``, ``N = 2B - 2``,
+    and the loss is the mean over the ``2B`` anchors of ``-log(pos_i / (pos_i + Ng_i))``.
+    ``tau_plus = 0`` gives the plain (biased) InfoNCE / NT-Xent.
+    """
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"dcl_loss: views must both be (B, K), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if not 0.0 <= tau_plus < 1.0:
+        raise ValueError(f"dcl_loss: tau_plus must be in [0, 1), got {tau_plus}")
+    b = z1.shape[0]
+    u = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    sim = torch.exp(u @ u.t() / temperature)
+    idx = torch.arange(b, device=z1.device)
+    keep = torch.ones((2 * b, 2 * b), dtype=torch.bool, device=z1.device)
+    keep[idx, idx] = keep[idx + b, idx + b] = False  # self
+    keep[idx, idx + b] = keep[idx + b, idx] = False  # the positive
+    neg = sim[keep].reshape(2 * b, 2 * b - 2)
+    pos = torch.exp((u[:b] * u[b:]).sum(dim=1) / temperature).repeat(2)
+    n = 2 * b - 2
+    ng = (neg.sum(dim=1) - tau_plus * n * pos) / (1.0 - tau_plus)
+    ng = torch.clamp(ng, min=n * math.exp(-1.0 / temperature))
+    return (-torch.log(pos / (pos + ng))).mean()
+
+
+def balance_loss(codes: Tensor) -> Tensor:
+    """Mean over bits of the squared batch mean of each bit: 0 when every bit is +1 for half the batch."""
+    return (codes.mean(dim=0) ** 2).mean()
+
+
+def decorrelation_loss(codes: Tensor) -> Tensor:
+    """Mean squared off-diagonal entry of the bits' correlation matrix over the batch (0: uncorrelated)."""
+    c = codes - codes.mean(dim=0, keepdim=True)
+    c = c / (c.norm(dim=0, keepdim=True) + 1e-6)
+    corr = c.t() @ c
+    k = corr.shape[0]
+    off = corr - torch.diag_embed(torch.diagonal(corr))
+    return (off ** 2).sum() / (k * (k - 1))
+
+
+def conmh_loss(v1: dict[str, Tensor], v2: dict[str, Tensor], *, temperature: float = 0.5, tau_plus: float = 0.1,
+               contrast_weight: float = 1.0) -> dict[str, Tensor]:
+    """ConMH: ``recon(view 1) + recon(view 2) + a * DCL(code 1, code 2)``; ``v1`` / ``v2`` are the
+    :meth:`~vhindex.models.contrastive.MaskedHashNet.forward` outputs of the two views."""
+    recon = recon_loss(v1["recon"], v1["target"]) + recon_loss(v2["recon"], v2["target"])
+    contrast = dcl_loss(v1["code"], v2["code"], temperature, tau_plus)
+    return {"total": recon + contrast_weight * contrast, "recon": recon, "contrast": contrast}
+
+
+def gcmh_loss(v1: dict[str, Tensor], v2: dict[str, Tensor], nb: dict[str, Tensor] | None, *,
+              temperature: float, tau_plus: float, contrast_weight: float, neighbour_weight: float,
+              balance_weight: float, decorrelation_weight: float) -> dict[str, Tensor]:
+    """GCMH: ConMH's terms, plus ``neighbour_weight * DCL(code 1, code of an anchor-graph neighbour's view)``
+    (``nb``; None: no neighbour term), plus ``balance_weight * balance + decorrelation_weight * decorrelation``
+    of the view codes (both views stacked)."""
+    out = conmh_loss(v1, v2, temperature=temperature, tau_plus=tau_plus, contrast_weight=contrast_weight)
+    total = out["total"]
+    if nb is not None and neighbour_weight > 0:
+        out["neighbour"] = dcl_loss(v1["code"], nb["code"], temperature, tau_plus)
+        total = total + neighbour_weight * out["neighbour"]
+    codes = torch.cat([v1["code"], v2["code"]], dim=0)
+    out["balance"] = balance_loss(codes)
+    out["decorrelation"] = decorrelation_loss(codes)
+    out["total"] = total + balance_weight * out["balance"] + decorrelation_weight * out["decorrelation"]
+    return out

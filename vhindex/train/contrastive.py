@@ -1,0 +1,296 @@
+"""Training of the masked-video contrastive hashers (ConMH, GCMH) with the one training loop.
+
+Single stage, no teacher network. Every step takes a batch of training clips, draws two masked views
+with disjoint visible frames (:func:`~vhindex.models.contrastive.two_view_masks`, from the loop's
+seeded generator) and minimises the model's loss (:func:`~vhindex.models.losses.conmh_loss`,
+:func:`~vhindex.models.losses.gcmh_loss`).
+
+GCMH also needs the anchor graph of the training clips: the graph stage
+(:func:`vhindex.graph.stage.build_graph`, ``graph`` section, injected executor) runs on the clips'
+L2-normalised mean-pooled frame features, written as an embeddings dataset at
+``<run>/gcmh/embeddings`` (the "teacher" here is the feature extractor itself: no second network to
+train). Each step pairs every clip with a random *other* clip that shares its nearest anchor
+(:class:`AnchorNeighbours`, seeded from ``(run.seed, epoch)``) -- the anchor-graph positives -- and
+adds their contrastive term.
+
+Run folder (``run.output_dir``)::
+
+    <model>/embeddings, <model>/graph   (gcmh only)
+    <model>/student/ckpt, metrics.jsonl, _stage.json
+    <model>/model                        the saved HashModel
+    <model>/codes/{query,database}, <model>/eval
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from vhindex.config import Config
+from vhindex.data import EmbeddingDatasetMeta, EmbeddingDatasetWriter, FrameDataset
+from vhindex.models.contrastive import two_view_masks
+from vhindex.models.learned import resolve_device
+from vhindex.models.losses import conmh_loss, gcmh_loss
+from vhindex.train.common import (
+    PartnerFrames,
+    RecipeResult,
+    _check_resumable,
+    _encode_and_report,
+    _hash,
+    _loop_spec,
+    _root,
+    _so,
+    _stage_done,
+    _tensor,
+    _TrainStream,
+    _write_stage,
+    check_datasets,
+    student_params,
+)
+from vhindex.train.loop import TrainResult, run_training
+
+__all__ = ["CONTRASTIVE", "AnchorNeighbours", "build_neighbour_graph", "contrastive_step", "run_contrastive_recipe",
+           "train_contrastive", "train_contrastive_student", "write_pooled_embeddings"]
+
+logger = logging.getLogger(__name__)
+
+#: the models this module trains (``model.name``)
+CONTRASTIVE = ("conmh", "gcmh")
+
+
+class AnchorNeighbours:
+    """A random other clip sharing each clip's nearest anchor (the clip itself when it is alone there).
+
+    Args:
+        nearest: ``(N,)`` nearest anchor of every training clip (row order = the training dataset).
+    """
+
+    def __init__(self, nearest: np.ndarray) -> None:
+        nearest = np.asarray(nearest, dtype=np.int64)
+        self.nearest = nearest
+        self.order = np.argsort(nearest, kind="stable")
+        k = int(nearest.max()) + 1 if nearest.size else 0
+        sorted_ids = nearest[self.order]
+        self.start = np.searchsorted(sorted_ids, np.arange(k), side="left")
+        self.stop = np.searchsorted(sorted_ids, np.arange(k), side="right")
+
+    def sample(self, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One neighbour row per position (never the clip itself unless it is alone at its anchor)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        a = self.nearest[positions]
+        lo, hi = self.start[a], self.stop[a]
+        size = hi - lo
+        # uniform among the group's other members: draw one of the first size - 1 slots; if that slot
+        # holds the clip itself, take the one slot left out of the draw instead
+        pick = lo + rng.integers(0, np.maximum(size - 1, 1))
+        rows = self.order[pick]
+        clash = (rows == positions) & (size > 1)
+        rows[clash] = self.order[hi[clash] - 1]  # the drawn slot was the clip: take the slot left out
+        return rows
+
+
+def write_pooled_embeddings(train: FrameDataset, url: str, storage_options: dict[str, Any] | None,
+                            batch_size: int = 2048) -> str:
+    """The L2-normalised mean over frames of every training clip's features, as an embeddings dataset at
+    ``url`` (dataset order). Skipped when a complete one for this dataset is there."""
+    from vhindex.data import EmbeddingDataset
+
+    version = train.manifest.to_dict().get("created_at", "") + str(train.num_videos)
+    try:
+        done = EmbeddingDataset.open(url, storage_options)
+        if done.meta.source == "mean-pooled-frames" and done.meta.source_version == version:
+            return url
+    except (FileNotFoundError, ValueError):
+        pass
+    meta = EmbeddingDatasetMeta(dim=train.meta.feature_dim, source="mean-pooled-frames", source_version=version)
+    with EmbeddingDatasetWriter(url, meta, storage_options=storage_options, overwrite=True) as writer:
+        for fb in train.iter_batches(batch_size, columns=("video_id", "features")):
+            pooled = np.asarray(fb.features, dtype=np.float32).mean(axis=1)
+            pooled /= np.linalg.norm(pooled, axis=1, keepdims=True) + 1e-12
+            writer.write(fb.video_ids, pooled)
+    return url
+
+
+def contrastive_step(model: Any, net: torch.nn.Module, frames: torch.Tensor, generator: torch.Generator,
+                     neighbour_frames: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The loss of one batch of clips ``(B, M, D)`` for ``model`` (a ConMH / GCMH HashModel; its config holds
+    the recipe), ``net`` its (possibly wrapped) network; ``neighbour_frames`` are the anchor-graph
+    positives of GCMH (one clip per row of ``frames``)."""
+    r = model.recipe
+    b, m, _ = frames.shape
+    (vis1, msk1), (vis2, msk2) = two_view_masks(b, m, r["mask_ratio"], generator)
+    dev = frames.device
+    v1 = net(frames, vis1.to(dev), msk1.to(dev))
+    v2 = net(frames, vis2.to(dev), msk2.to(dev))
+    if model.name == "conmh":
+        return conmh_loss(v1, v2, temperature=r["temperature"], tau_plus=r["tau_plus"],
+                          contrast_weight=r["contrast_weight"])
+    nb = None
+    if neighbour_frames is not None and r["neighbour_weight"] > 0:
+        (visn, mskn), _ = two_view_masks(b, m, r["mask_ratio"], generator)
+        nb = net(neighbour_frames, visn.to(dev), mskn.to(dev))
+    return gcmh_loss(v1, v2, nb, temperature=r["temperature"], tau_plus=r["tau_plus"],
+                     contrast_weight=r["contrast_weight"], neighbour_weight=r["neighbour_weight"],
+                     balance_weight=r["balance_weight"], decorrelation_weight=r["decorrelation_weight"])
+
+
+def train_contrastive(cfg: Config, model: Any, train: FrameDataset, stage_url: str, *,
+                      neighbours: AnchorNeighbours | None = None, partner_frames: Any = None,
+                      eval_fn: Any = None, progress: bool = True, **loop_kwargs: Any) -> TrainResult:
+    """Train ``model`` (ConMH / GCMH, built by the caller) on ``train`` with the one loop.
+
+    Checkpoints, metrics and resume under ``stage_url`` (``ckpt/``, ``metrics.jsonl``); the schedule
+    is the ``train`` section's (Adam, step decay). GCMH's anchor-graph positives come from
+    ``neighbours`` with their frames read through ``partner_frames`` (a
+    :class:`vhindex.train.common.PartnerFrames`).
+
+    Args:
+        cfg: the configuration (``train`` schedule, ``run.seed``).
+        model: the HashModel to train (its ``.net`` is optimised in place).
+        train: the training clips.
+        stage_url: folder of this stage's checkpoints and metrics.
+        neighbours: GCMH's anchor neighbours (None: no neighbour term).
+        partner_frames: frames of training rows by position (needed with ``neighbours``).
+        eval_fn: ``eval_fn(net, epoch) -> {name: value}`` (e.g. validation mAP), run every
+            ``train.eval_every`` epochs.
+        progress: console progress.
+        **loop_kwargs: passed to :func:`~vhindex.train.loop.run_training` (Ray Train hooks).
+
+    Returns:
+        The loop's :class:`~vhindex.train.loop.TrainResult`.
+    """
+    t = cfg.train
+    device = resolve_device(t.device)
+    stream = _TrainStream(train, t.batch_size, cfg.run.seed, t.shuffle_buffer)
+
+    def step(net: torch.nn.Module, batch: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        frames = _tensor(batch.frames, device)
+        nb = None
+        if neighbours is not None:
+            rows = neighbours.sample(batch.positions, batch.sampler)  # the epoch's seeded rng
+            nb = _tensor(partner_frames.get(rows), device)
+        return contrastive_step(model, net, frames, gen, nb)
+
+    def epoch_rng(epoch: int) -> np.random.Generator:
+        # from (seed, epoch) alone: a resumed run draws the same neighbours as one that never stopped
+        return np.random.default_rng([cfg.run.seed, epoch, 3])
+
+    return run_training(_loop_spec(cfg, t.epochs, model.name), module=model.net, step_fn=step,
+                        batches=lambda e: stream.epoch(e, epoch_rng), ckpt_url=f"{stage_url}/ckpt", storage_options=cfg.run.storage_options
+                        or None, metrics_url=stage_url, eval_fn=eval_fn, eval_every=t.eval_every, device=device,
+                        progress=progress, **loop_kwargs)
+
+
+# ------------------------------------------------------------------------------ the recipe
+
+
+def _model_root(cfg: Config, kind: str) -> str:
+    return f"{_root(cfg)}/{kind}"
+
+
+def build_neighbour_graph(cfg: Config, train: FrameDataset, *, executor: Any = None) -> str:
+    """GCMH's anchor graph of the training clips' mean-pooled features at ``<run>/gcmh/graph`` (skipped when
+    complete); the ``graph`` section says how (anchors, k-means, chunking), ``executor`` where (None:
+    ``graph.executor: sequential`` in this process)."""
+    import functools
+
+    from vhindex.graph.stage import build_graph, sequential_executor
+
+    root = _model_root(cfg, "gcmh")
+    emb = write_pooled_embeddings(train, f"{root}/embeddings", _so(cfg))
+    if executor is None:
+        if cfg.graph.executor != "sequential":
+            raise ValueError("graph.executor=dask: pass the executor (vhindex.app.engines.graph_executor(cfg.graph)) "
+                             "or set graph.executor=sequential to build the graph in this process")
+        executor = functools.partial(sequential_executor, num_threads=cfg.graph.threads_per_worker)
+    out = f"{root}/graph"
+    build_graph(cfg.graph, executor, embeddings_url=emb, out_url=out, seed=cfg.run.seed, storage_options=_so(cfg))
+    return out
+
+
+def _neighbours(cfg: Config, train: FrameDataset) -> tuple[AnchorNeighbours, str]:
+    from vhindex.graph.stage import load_graph
+
+    url = f"{_model_root(cfg, 'gcmh')}/graph"
+    _, graph, ids, manifest = load_graph(url, _so(cfg))
+    if ids != train.read_video_ids():
+        raise ValueError(f"the graph at {url} was not built from data.train ({train.url}) in its order; delete "
+                         f"{_model_root(cfg, 'gcmh')}/graph and re-run")
+    return AnchorNeighbours(np.asarray(graph.anchor_ids[:, 0])), manifest.fingerprint
+
+
+def train_contrastive_student(cfg: Config, datasets: dict[str, FrameDataset] | None = None, *,
+                              progress: bool = True, eval_fn: Any = None, **loop_kwargs: Any) -> tuple[Any, Any]:
+    """Train (or reuse) the ConMH / GCMH model of ``model.name`` / ``model.bits`` / ``model.params``; save it
+    to ``<run>/<model>/model``. GCMH needs its graph first (:func:`build_neighbour_graph`).
+
+    Also the stage function Ray Train workers run (``cluster.train``): ``**loop_kwargs`` are the hooks.
+
+    Returns:
+        ``(model, TrainResult or None when the stage was already complete)``.
+    """
+    from vhindex.models import build_model, load_model
+
+    datasets = datasets or check_datasets(cfg)
+    kind, t, so = cfg.model.name, cfg.train, _so(cfg)
+    if kind not in CONTRASTIVE:
+        raise ValueError(f"model.name: {kind!r} is not one of the contrastive models {list(CONTRASTIVE)}")
+    root = _model_root(cfg, kind)
+    stage, model_url = f"{root}/student", f"{root}/model"
+    params = student_params(cfg)
+    train = datasets["train"]
+    neighbours, graph_fp = None, None
+    if kind == "gcmh" and params["neighbour_weight"] > 0:
+        neighbours, graph_fp = _neighbours(cfg, train)
+    inputs = {"stage": kind, "bits": cfg.model.bits, "params": params, "epochs": t.epochs, "seed": cfg.run.seed,
+              "train": _hash(train.manifest.to_dict()), "graph": graph_fp, "batch_size": t.batch_size,
+              "lr": [t.lr, t.lr_decay, t.lr_decay_every, t.lr_min], "shuffle_buffer": t.shuffle_buffer}
+    device = resolve_device(t.device)
+    if _stage_done(stage, so, inputs):
+        return load_model(model_url, so).to(device), None
+    _check_resumable(stage, so, inputs)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(kind, cfg.model.bits, device=device, **params)
+    partners = PartnerFrames(train, t.partner_cache_bytes) if neighbours is not None else None
+    result = train_contrastive(cfg, model, train, stage, neighbours=neighbours, partner_frames=partners,
+                               eval_fn=eval_fn, progress=progress, **loop_kwargs)
+    if loop_kwargs.get("rank", 0) == 0:
+        model.save(model_url, so)
+        _write_stage(stage, so, inputs, model_version=model.version())
+    return model, result
+
+
+def run_contrastive_recipe(cfg: Config, datasets: dict[str, FrameDataset], *, graph_executor: Any = None,
+                           progress: bool = True) -> RecipeResult:
+    """(GCMH: pooled embeddings -> anchor graph ->) train -> encode query / database -> mAP report, under
+    ``<run>/<model>``; every stage skipped when complete. Called by :func:`vhindex.train.recipes.run_recipe`."""
+    import time
+
+    t0 = time.perf_counter()
+    kind = cfg.model.name
+    stages: dict[str, str] = {}
+    if kind == "gcmh":
+        if student_params(cfg)["neighbour_weight"] > 0:
+            before = _graph_text(cfg)
+            build_neighbour_graph(cfg, datasets["train"], executor=graph_executor)
+            stages["graph"] = "skipped" if before is not None and before == _graph_text(cfg) else "ran"
+    model, res = train_contrastive_student(cfg, datasets, progress=progress)
+    stages["student"] = "skipped" if res is None else "ran"
+    root = _model_root(cfg, kind)
+    name = f"{kind}-{cfg.model.bits}"
+    codes, eval_url, result, ran = _encode_and_report(cfg, model, datasets, root, name)
+    stages["eval"] = "ran" if ran else "skipped"
+    logger.info("%s: mAP@%d = %.4f (%s)", name, cfg.eval.ks[0], result.map_at_k[cfg.eval.ks[0]], eval_url)
+    return RecipeResult(run_dir=_root(cfg), model=kind, model_url=f"{root}/model", codes=codes, eval_url=eval_url,
+                        result=result, stages=stages, seconds=time.perf_counter() - t0)
+
+
+def _graph_text(cfg: Config) -> bytes | None:
+    from vhindex import fs as vfs
+
+    fs, root = vfs.url_to_fs(f"{_model_root(cfg, 'gcmh')}/graph", _so(cfg))
+    path = vfs.join(fs, root, "graph.json")
+    return fs.cat(path) if fs.exists(path) else None
