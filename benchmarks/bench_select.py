@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                   "executor": "sequential"}
     cfg = config_from_dict(d, source="bench_select")
 
-    from vhindex.inprocess import encode_in_memory
-
     from vhindex.eval.codes import code_statistics
+    from vhindex.inprocess import encode_in_memory
 
     curve: list[float] = []
     stats: list[dict] = []
@@ -117,15 +116,15 @@ def main(argv: list[str] | None = None) -> int:
 
     datasets = check_datasets(cfg)
     if args.method in ("conmh", "gcmh"):
+        import torch
+
         from vhindex.models import build_model
         from vhindex.train import contrastive as C
         from vhindex.train.common import PartnerFrames, student_params
 
-        import torch
-
         params = student_params(cfg)
         neighbours = partners = None
-        if args.method == "gcmh" and params["neighbour_weight"] > 0:
+        if args.method == "gcmh" and C.uses_feature_graph(params):
             C.build_neighbour_graph(cfg, datasets["train"])
             neighbours, _ = C._neighbours(cfg, datasets["train"])
             partners = PartnerFrames(datasets["train"], cfg.train.partner_cache_bytes)

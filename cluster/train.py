@@ -63,7 +63,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Stage name -> name of the stage function in :mod:`vhindex.train.recipes` (called in the workers).
-RAY_STAGES = {"teacher": "train_teacher", "dkph": "train_student", "bth": "train_bth"}
+RAY_STAGES = {"teacher": "recipes:train_teacher", "dkph": "recipes:train_student", "bth": "recipes:train_bth",
+              "conmh": "contrastive:train_contrastive_student", "gcmh": "contrastive:train_contrastive_student"}
 
 
 @dataclasses.dataclass
@@ -150,6 +151,8 @@ def ray_storage(cfg: Any) -> tuple[str, Any]:
 
 def _stage_ckpt_url(cfg: Any, stage: str) -> str:
     root = cfg.run.output_dir.rstrip("/")
+    if stage in ("conmh", "gcmh"):  # vhindex.train.contrastive: <run>/<model>/student
+        return f"{root}/{stage}/student/ckpt"
     return {"teacher": f"{root}/teacher/ckpt", "dkph": f"{root}/student/ckpt",
             "bth": f"{root}/bth/student/ckpt"}[stage]
 
@@ -328,11 +331,13 @@ def train_with_ray(
 
 def fit_on_ray(cfg: Any, stage: str, **kwargs: Any) -> RayStageResult:
     """:func:`train_with_ray` with the recipe's stage function (:data:`RAY_STAGES`)."""
-    from vhindex.train import recipes
+    import importlib
 
     if stage not in RAY_STAGES:
         raise ValueError(f"unknown training stage {stage!r}; choose from {sorted(RAY_STAGES)}")
-    return train_with_ray(cfg, stage_fn=getattr(recipes, RAY_STAGES[stage]), stage=stage, **kwargs)
+    module, func = RAY_STAGES[stage].split(":")
+    stage_fn = getattr(importlib.import_module(f"vhindex.train.{module}"), func)
+    return train_with_ray(cfg, stage_fn=stage_fn, stage=stage, **kwargs)
 
 
 def _fit_if_needed(cfg: Any, stage: str, **kwargs: Any) -> RayStageResult | None:
@@ -385,6 +390,17 @@ def run_recipe_on_ray(cfg: Any, *, model: str | None = None, progress: bool = Tr
     ray_storage(cfg)  # refuse memory:// before anything runs
     t0 = time.perf_counter()
     datasets = recipes.check_datasets(cfg, out)
+    if kind not in recipes.TEACHER_STUDENTS:  # ConMH / GCMH: one training stage on Ray, the rest here
+        from vhindex.train import contrastive
+
+        if kind == "gcmh" and contrastive.uses_feature_graph(recipes.student_params(cfg)):
+            contrastive.build_neighbour_graph(cfg, datasets["train"], executor=graph_executor)
+        done = _fit_if_needed(cfg, kind, progress=progress, max_failures=max_failures)
+        result = recipes.run_recipe(cfg, model=kind, graph_executor=graph_executor, progress=progress, out=out)
+        if done is not None and done.epochs_run:
+            result.stages = {**result.stages, "student": "ray"}
+        result.seconds = time.perf_counter() - t0
+        return result
     ran: dict[str, RayStageResult | None] = {}
     ran["teacher"] = _fit_if_needed(cfg, "teacher", progress=progress, max_failures=max_failures)
     teacher, res = recipes.train_teacher(cfg, datasets, progress=progress)  # loads the model the workers saved

@@ -255,3 +255,67 @@ def test_ray_storage_and_paths(tmp_path, monkeypatch, private_ray):  # "auto" = 
     if __import__("importlib").util.find_spec("ray") is not None:
         assert resolve_backend(cfg) == "ray"
     assert resolve_backend(load_config(REPO / DEMO, ["train.backend=local"])) == "local"
+
+
+# ------------------------------------------------------------------------------ contrastive models
+
+TINY_GCMH = ["model.name=gcmh", "model.bits=16",
+             "model.params={num_frames: 8, feature_dim: 64, width: 32, depth: 1, heads: 2, dec_width: 16}",
+             "train.batch_size=32", "train.lr=1.0e-3", "train.backend=local"]
+
+
+@pytest.mark.slow
+def test_killed_gcmh_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    """The new models train through the one loop: SIGKILL after a checkpoint, re-run, and the final model is
+    bit-identical to a run that was never interrupted (same version hash)."""
+    epochs = 12
+    out = tmp_path / "killed"
+    args = [str(JOB), "--config", DEMO, f"run.output_dir={out}", *TINY_GCMH, f"train.epochs={epochs}"]
+    pointer = out / "gcmh" / "student" / "ckpt" / "latest.json"
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=ray_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not pointer.exists():
+            assert proc.poll() is None, f"the job exited ({proc.returncode}) before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    killed_at = json.loads(pointer.read_text())["epoch"]
+    assert killed_at < epochs - 1, "the run finished before the kill; make it longer"
+    resumed = _run_job(DEMO, f"run.output_dir={out}", *TINY_GCMH, f"train.epochs={epochs}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"gcmh: resuming at epoch {killed_at + 2}/{epochs}" in resumed.stdout, resumed.stdout[-3000:]
+    assert "'student': 'ran'" in resumed.stdout
+    history = [json.loads(x) for x in (out / "gcmh" / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in history] == list(range(epochs))
+    assert {"loss_recon", "loss_contrast", "loss_neighbour", "loss_balance", "loss_decorrelation"} <= set(history[-1])
+    straight = _run_job(DEMO, f"run.output_dir={tmp_path / 'straight'}", *TINY_GCMH, f"train.epochs={epochs}")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    from vhindex.models import load_model
+
+    a, b = load_model(str(out / "gcmh" / "model")), load_model(str(tmp_path / "straight" / "gcmh" / "model"))
+    assert a.version() == b.version()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")
+def test_conmh_trains_on_ray_train(tmp_path, shared_ray):
+    """ConMH's training stage runs as a Ray Train TorchTrainer stage (the RAY_STAGES entry) on a local Ray."""
+    from cluster.train import run_training_job
+    from vhindex.config import load_config
+
+    cfg = load_config(REPO / DEMO, [f"run.output_dir={tmp_path}", "model.name=conmh", "model.bits=16",
+                                    "model.params={num_frames: 8, feature_dim: 64, width: 32, depth: 1, heads: 2, "
+                                    "dec_width: 16, dec_heads: 2}", "train.epochs=2", "train.backend=ray"])
+    result = run_training_job(cfg, progress=False)
+    assert result.model == "conmh" and result.stages["student"] == "ray", result.stages
+    assert 0.0 < result.map_at_k[5] <= 1.0
+    history = [json.loads(x) for x in (tmp_path / "conmh" / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in history] == [0, 1] and all(m["world_size"] == 1 for m in history)

@@ -496,6 +496,11 @@ class BenchSection(_Section):
                                           "videos need more epochs / smaller batches for the same number of steps.")
     methods: list[str] = Field(default_factory=lambda: ["lsh", "itq", "bth", "dkph"],
                                description="Video-level methods (lsh, pca_sign, itq, bth, dkph, conmh, gcmh).")
+    validation_queries: int = Field(
+        250, ge=0, description="Fashion: learned models choose their epoch on a validation split carved from the "
+                               "labelled training clips -- this many queries ... (0: no validation split; the "
+                               "learned models then train on every training clip for their configured epochs).")
+    validation_database: int = Field(750, ge=0, description="... and this many validation database clips.")
     method_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Model parameters per learned method (e.g. {gcmh: {depth: 2}}); the "
                                           "benchmark trains several models, so they are set here, not in model.params.")

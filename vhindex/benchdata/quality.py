@@ -44,6 +44,7 @@ from vhindex.data import FrameDataset
 
 __all__ = [
     "BenchOutcome",
+    "carve_validation",
     "leave_one_out_metrics",
     "map_at_k_from_relevance",
     "ranked_relevance",
@@ -251,12 +252,20 @@ class _Runner:
         d["train"] = {**train, "eval_every": 0}
         return config_from_dict(d, source=f"bench quality ({bench}, {method})")
 
-    def _models(self, bench: str, urls: dict[str, str], seed: int) -> Any:
-        """Yield ``(method, bits, model)`` for every video-level method and code length of one seed."""
+    def _models(self, bench: str, urls: dict[str, str], seed: int, learn_urls: dict[str, str] | None = None,
+                validation: tuple[FrameDataset, FrameDataset] | None = None) -> Any:
+        """Yield ``(method, bits, model)`` for every video-level method and code length of one seed.
+
+        Baselines fit on ``urls["train"]``. Learned models train on ``learn_urls`` (default ``urls``) and,
+        with ``validation`` (queries, database carved from the training clips), keep their best epoch
+        on it; the choice is recorded in ``self.out.info[bench]["selection"]``.
+        """
+        learn_urls = learn_urls or urls
         from vhindex.inprocess import fit_model
         from vhindex.train.recipes import (
             build_teacher_graph,
             check_datasets,
+            student_params,
             train_bth,
             train_student,
             train_teacher,
@@ -279,21 +288,27 @@ class _Runner:
                     yield method, bits, model
                     continue
                 if method not in TEACHER_STUDENTS:  # ConMH / GCMH: one stage, no teacher
-                    from vhindex.train.contrastive import build_neighbour_graph, train_contrastive_student
+                    from vhindex.train.contrastive import (
+                        build_neighbour_graph,
+                        train_contrastive_student,
+                        uses_feature_graph,
+                    )
 
-                    ccfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}", urls=urls,
-                                              ds=train, bits=bits, method=method)
+                    ccfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}",
+                                              urls=learn_urls, ds=train, bits=bits, method=method)
 
                     def fit_contrastive(c: Config = ccfg) -> Any:
                         datasets = check_datasets(c)
-                        if c.model.name == "gcmh" and c.model.params.get("neighbour_weight", 1.0) > 0:
+                        if c.model.name == "gcmh" and uses_feature_graph(student_params(c)):
                             build_neighbour_graph(c, datasets["train"])
-                        return train_contrastive_student(c, datasets, progress=False)[0]
+                        return train_contrastive_student(c, datasets, progress=False, validation=validation)[0]
 
-                    yield method, bits, self._timed(f"{bench} train {method}", fit_contrastive)
+                    model = self._timed(f"{bench} train {method}", fit_contrastive)
+                    self._record_selection(bench, method, bits, seed, f"{ccfg.run.output_dir}/{method}/student")
+                    yield method, bits, model
                     continue
                 if graph is None:
-                    tcfg = self._train_config(bench, seed=seed, out_dir=seed_dir, urls=urls, ds=train, bits=bits,
+                    tcfg = self._train_config(bench, seed=seed, out_dir=seed_dir, urls=learn_urls, ds=train, bits=bits,
                                               method=method)
                     datasets = check_datasets(tcfg)
 
@@ -302,12 +317,23 @@ class _Runner:
                         return build_teacher_graph(tcfg, write_teacher_embeddings(tcfg, teacher, datasets["train"]))
 
                     graph = self._timed(f"{bench} train teacher+graph", teacher_graph)
-                vcfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}", urls=urls, ds=train,
-                                          bits=bits, method=method)
+                vcfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}", urls=learn_urls,
+                                          ds=train, bits=bits, method=method)
                 trainer = train_bth if method == "bth" else train_student
                 model, _ = self._timed(f"{bench} train {method}", lambda t=trainer, c=vcfg, g=graph: t(
-                    c, check_datasets(c), graph_url=g, progress=False))
+                    c, check_datasets(c), graph_url=g, progress=False, validation=validation))
+                prefix = vcfg.run.output_dir + ("/bth" if method == "bth" else "")
+                self._record_selection(bench, method, bits, seed, f"{prefix}/student")
                 yield method, bits, model
+
+    def _record_selection(self, bench: str, method: str, bits: int, seed: int, stage_url: str) -> None:
+        """The validation choice a training stage recorded in its marker (best epoch, curve), if any."""
+        from vhindex.train.common import _read_stage
+
+        marker = _read_stage(stage_url, None) or {}
+        if "selection" in marker:
+            sel = self.out.info.setdefault(bench, {}).setdefault("selection", {})
+            sel.setdefault(method, {}).setdefault(str(bits), {})[str(seed)] = marker["selection"]
 
     def _frame_model(self, method: str, bits: int, train: FrameDataset, seed: int) -> Any:
         """A per-frame hasher (UTS: frames binarised independently): ``method`` fitted on single frames."""
@@ -363,8 +389,18 @@ class _Runner:
         rel = ranked_relevance(_float_topk(qf, df, max(ks)), ql, dl)
         record("float mean-pool (cosine)", 0, map_at_k_from_relevance(rel, ks, "paper"),
                map_at_k_from_relevance(rel, ks, "standard"))
+        learn_urls, validation = urls, None
+        if self.b.validation_queries and self.b.validation_database and any(m in LEARNED for m in self.b.methods):
+            learn_urls = self._timed("fashion validation split", lambda: carve_validation(
+                urls["train"], f"{self.work}/fashion/features/validation", self.b.validation_queries,
+                self.b.validation_database))
+            validation = (FrameDataset.open(learn_urls["query"]), FrameDataset.open(learn_urls["database"]))
+            self.out.info["fashion"]["validation"] = {"train": FrameDataset.open(learn_urls["train"]).num_videos,
+                                                      "queries": self.b.validation_queries,
+                                                      "database": self.b.validation_database,
+                                                      "rule": "best epoch by validation mAP@20 (paper protocol)"}
         for seed in self.b.seeds:
-            for method, bits, model in self._models("fashion", urls, seed):
+            for method, bits, model in self._models("fashion", urls, seed, learn_urls, validation):
                 def score(model: Any = model) -> tuple[Any, Any]:
                     qi, qc = encode_in_memory(model, q)
                     di, dc = encode_in_memory(model, db)
@@ -479,6 +515,41 @@ class _Runner:
         return text
 
 
+def carve_validation(train_url: str, out: str, n_query: int, n_database: int, seed: int = 0) -> dict[str, str]:
+    """A validation split carved from the labelled training clips: ``{"train", "query", "database"}`` dataset
+    URLs under ``out`` (the rest of the clips, ``n_query`` validation queries, ``n_database`` validation database
+    clips; a seeded permutation, written once and reused). Learned models train on ``train`` and choose their
+    epoch on the other two; the test query / database are never read for it."""
+    from vhindex.data import FrameDatasetWriter
+
+    urls = {"train": f"{out}/train", "query": f"{out}/query", "database": f"{out}/database"}
+    stamp = Path(out) / "_split.json"
+    want = {"source": FrameDataset.open(train_url).manifest.to_dict().get("created_at"), "n_query": n_query,
+            "n_database": n_database, "seed": seed}
+    if stamp.exists() and json.loads(stamp.read_text()) == want:
+        return urls
+    ds = FrameDataset.open(train_url)
+    feats, ids, labels = [], [], []
+    for fb in ds.iter_batches(4096, columns=("video_id", "features", "labels")):
+        feats.append(np.asarray(fb.features))
+        ids.extend(fb.video_ids)
+        labels.extend(fb.labels)
+    if n_query + n_database >= len(ids):
+        raise ValueError(f"bench.validation_queries + validation_database = {n_query + n_database} leaves no "
+                         f"training clip of the {len(ids)}")
+    x = np.concatenate(feats)
+    perm = np.random.default_rng([seed, 7]).permutation(len(ids))
+    parts = {"query": perm[:n_query], "database": perm[n_query:n_query + n_database],
+             "train": np.sort(perm[n_query + n_database:])}
+    for name, rows in parts.items():
+        with FrameDatasetWriter(urls[name], ds.meta, with_labels=True, row_group_size=256, overwrite=True) as w:
+            for s in range(0, len(rows), 1024):
+                sel = rows[s:s + 1024]
+                w.write([ids[i] for i in sel], x[sel], [labels[i] for i in sel])
+    stamp.write_text(json.dumps(want))
+    return urls
+
+
 def _int_keys(cell: Any) -> Any:
     """A results.json cell with its K keys back as ints (``{"paper": {"20": [...]}}`` -> ``{20: [...]}``)."""
     if isinstance(cell, dict):
@@ -543,13 +614,32 @@ def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float) 
               f"{b.anchors_per_video} x training videos)"
               + "".join(f"; {n} benchmark: {o}" for n, o in (("fashion", b.fashion_train), ("near-duplicate",
                                                                                       b.neardup_train)) if o)
-              + f". UTS: top-N = {b.uts_top_n} frames per query frame.", ""]
+              + f". UTS: top-N = {b.uts_top_n} frames per query frame."
+              + "".join(f" {m}: {b.method_params.get(m, {})}, train {b.method_train.get(m, {})}."
+                        for m in b.methods if m in ("conmh", "gcmh")), ""]
     if out.fashion:
         info = out.info.get("fashion", {})
         ks = info.get("ks", b.ks)
         lines += ["## Fashion-MNIST clips (labelled; relevance = a shared label)", "",
                   f"videos {info.get('videos')}, M={info.get('num_frames')}, D={info.get('feature_dim')} "
                   f"({info.get('extractor')}). Mean ± sample std over seeds where several ran.", ""]
+        val = info.get("validation")
+        if val:
+            lines += [f"**Selection rule.** Learned models train on {val['train']} of the training clips and keep the "
+                      f"epoch with the best validation mAP@20 (paper protocol) on {val['queries']} queries against "
+                      f"{val['database']} database clips carved (seeded) from the *training* clips; query and database "
+                      "are never used for any choice. Baselines and the float reference use every training clip.", ""]
+            sel = info.get("selection", {})
+            if sel:
+                lines += ["| learned method | bits | chosen epoch per seed | best validation mAP@20 per seed |",
+                          "|---|---|---|---|"]
+                for m, per_bits in sel.items():
+                    for bits_, per_seed in sorted(per_bits.items(), key=lambda kv: int(kv[0])):
+                        runs = [per_seed[x] for x in sorted(per_seed, key=int)]
+                        epochs = ", ".join(str(r["best_epoch"]) for r in runs)
+                        scores = ", ".join(f"{r['best_val']:.4f}" for r in runs)
+                        lines.append(f"| {m} | {bits_} | {epochs} | {scores} |")
+                lines.append("")
         for protocol in ("paper", "standard"):
             lines += [f"### mAP@K, {protocol} protocol", "",
                       "| method | bits | " + " | ".join(f"mAP@{k}" for k in ks) + " |",

@@ -254,6 +254,8 @@ class _MaskedContrastive(TorchHashModel):
             raise TypeError(f"{type(self).__name__} got unexpected parameters {unknown}; it takes "
                             f"{sorted(self.DEFAULTS)}")
         cfg = {**self.DEFAULTS, **params}
+        if cfg.get("neighbour_source", "model") not in ("model", "features"):
+            raise ValueError(f"neighbour_source must be 'model' or 'features', got {cfg['neighbour_source']!r}")
         super().__init__(bits, {"num_frames": num_frames, "feature_dim": feature_dim, **cfg}, device)
         self.num_frames, self.feature_dim = num_frames, feature_dim
         arch = {k: cfg[k] for k in self.ARCH}
@@ -305,8 +307,12 @@ class GCMH(_MaskedContrastive):
       mean of the frame states, so shots that carry nothing of the video's content (distractors) can
       be ignored;
     * **anchor-graph positives** (``neighbour_weight``): each clip is also pulled towards a clip
-      sharing its nearest anchor in the anchor graph (:mod:`vhindex.graph`; built on the training
-      features), the free positives that two-view contrastive learning ignores;
+      sharing its nearest anchor in the anchor graph (:mod:`vhindex.graph`), the free positives that
+      two-view contrastive learning ignores. ``neighbour_source="model"`` (default) builds the graph
+      from the model's own embeddings, rebuilt at the start of every epoch from ``neighbour_start``
+      on -- the model is its own teacher, as in DKPH's teacher -> student distillation, and its
+      neighbours are purer than the raw features'; ``"features"`` builds it once on the
+      mean-pooled input features (the graph stage, ``<run>/gcmh/graph``);
     * **code balance and decorrelation** (``balance_weight``, ``decorrelation_weight``): every bit
       near 50/50 over a batch, bits uncorrelated, so the K bits carry K bits of information.
 
@@ -317,6 +323,9 @@ class GCMH(_MaskedContrastive):
         width, depth, heads, dec_width, dec_depth, dec_heads, pooling, dropout: see :class:`ConMH`.
         mask_ratio, temperature, tau_plus, contrast_weight: see :class:`ConMH`.
         neighbour_weight: weight of the anchor-graph positive pairs' contrastive loss (0: none).
+        neighbour_source: ``"model"`` (self-distilled graph, rebuilt every epoch) or ``"features"``.
+        neighbour_start: first epoch (0-based) with neighbour positives (``"model"``: the model must
+            have learned something first).
         balance_weight: weight of the per-bit balance term.
         decorrelation_weight: weight of the bit-decorrelation term.
         device: where ``.net`` lives.
@@ -325,5 +334,5 @@ class GCMH(_MaskedContrastive):
     name = "gcmh"
     DEFAULTS = {"width": 256, "depth": 2, "heads": 4, "dec_width": 128, "dec_depth": 1, "dec_heads": 2,
                 "pooling": "attention", "dropout": 0.0, "mask_ratio": 0.5, "temperature": 0.3, "tau_plus": 0.1,
-                "contrast_weight": 1.0, "neighbour_weight": 1.0, "balance_weight": 0.1,
-                "decorrelation_weight": 0.1}
+                "contrast_weight": 1.0, "neighbour_weight": 1.0, "neighbour_source": "model", "neighbour_start": 3,
+                "balance_weight": 0.1, "decorrelation_weight": 0.1}

@@ -356,3 +356,50 @@ def check_datasets(cfg: Config, out=None) -> dict[str, FrameDataset]:
     if n == 0:
         raise ValueError(f"data.train ({datasets['train'].url}) is empty")
     return datasets
+
+
+class BestEpoch:
+    """Selects the training epoch on a validation split: the loop's ``eval_fn`` (``eval_every=1``) scores the
+    model's codes on ``query`` against ``database`` (mAP@``k``, paper protocol, relevance = a shared label)
+    after every epoch and keeps a copy of the best epoch's weights; :meth:`restore` puts them back.
+
+    The validation split must be carved from the training data (never the test query / database):
+    ``vhindex bench quality`` carves it from the labelled training clips.
+
+    Args:
+        model: the HashModel being trained (its ``.net`` is what the loop optimises).
+        query: validation queries (with labels).
+        database: validation database (with labels).
+        k: mAP@k.
+    """
+
+    def __init__(self, model: Any, query: FrameDataset, database: FrameDataset, k: int = 20) -> None:
+        self.model, self.query, self.database, self.k = model, query, database, k
+        n = max(query.meta.num_classes or 0, database.meta.num_classes or 0)
+        self.q_labels, self.db_labels = query.read_labels_multi_hot(n), database.read_labels_multi_hot(n)
+        self.curve: list[float] = []
+        self.best_epoch, self.best_score = -1, float("-inf")
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, _net: Any, epoch: int) -> dict[str, float]:
+        from vhindex.inprocess import encode_in_memory
+
+        _, qc = encode_in_memory(self.model, self.query)
+        _, dc = encode_in_memory(self.model, self.database)
+        score = float(evaluate(dc, qc, self.db_labels, self.q_labels, ks=[self.k], protocol="paper", pr=False,
+                               precision_ns=[]).map_at_k[self.k])
+        self.curve.append(score)
+        if score > self.best_score:
+            self.best_epoch, self.best_score = epoch, score
+            self._state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
+        return {f"val_map@{self.k}": score}
+
+    def restore(self) -> None:
+        """Load the best epoch's weights into the model (no-op before any evaluation)."""
+        if self._state is not None:
+            self.model.net.load_state_dict(self._state)
+
+    def summary(self) -> dict[str, Any]:
+        """``{"best_epoch" (1-based), "best_val", "curve"}``."""
+        return {"best_epoch": self.best_epoch + 1, "best_val": round(self.best_score, 4),
+                "curve": [round(v, 4) for v in self.curve]}

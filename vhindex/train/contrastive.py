@@ -35,6 +35,7 @@ from vhindex.models.contrastive import two_view_masks
 from vhindex.models.learned import resolve_device
 from vhindex.models.losses import conmh_loss, gcmh_loss
 from vhindex.train.common import (
+    BestEpoch,
     PartnerFrames,
     RecipeResult,
     _check_resumable,
@@ -52,7 +53,7 @@ from vhindex.train.common import (
 )
 from vhindex.train.loop import TrainResult, run_training
 
-__all__ = ["CONTRASTIVE", "AnchorNeighbours", "build_neighbour_graph", "contrastive_step", "run_contrastive_recipe",
+__all__ = ["CONTRASTIVE", "AnchorNeighbours", "model_neighbours", "uses_feature_graph", "build_neighbour_graph", "contrastive_step", "run_contrastive_recipe",
            "train_contrastive", "train_contrastive_student", "write_pooled_embeddings"]
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,31 @@ class AnchorNeighbours:
         clash = (rows == positions) & (size > 1)
         rows[clash] = self.order[hi[clash] - 1]  # the drawn slot was the clip: take the slot left out
         return rows
+
+
+def model_neighbours(model: Any, train: FrameDataset, anchors: int, *, seed: int, kmeans: Any,
+                     rows_per_chunk: int = 50_000, batch_size: int = 1024) -> AnchorNeighbours:
+    """GCMH's self-distilled anchor graph: the anchors of the *current model's* embeddings of the training
+    clips (:meth:`latent_features`: mean encoder state, every frame visible), k-means through the core
+    graph machinery in this process (:func:`vhindex.graph.kmeans.fit_kmeans` on an
+    :class:`~vhindex.graph.sequential.ArrayChunkSource`), and every clip's nearest anchor.
+
+    The model is the teacher of its own next epochs, as DKPH's teacher is of its student: its
+    neighbours are far purer than the raw features' (docs/quality.md). Deterministic for the
+    weights and seed, so a resumed run rebuilds the same graph. Memory: N x width float32.
+    """
+    from vhindex.graph.kmeans import fit_kmeans
+    from vhindex.graph.sequential import ArrayChunkSource, SequentialExecutor
+
+    parts = [model.latent_features(np.asarray(fb.features, dtype=np.float32))
+             for fb in train.iter_batches(batch_size, columns=("video_id", "features"))]
+    emb = np.concatenate(parts)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+    executor = SequentialExecutor(ArrayChunkSource(emb, rows_per_chunk), num_threads=1)
+    km = fit_kmeans(executor, min(anchors, len(emb)), seed=seed, n_iter=kmeans.n_iter, init=kmeans.init,
+                    mode=kmeans.mode, tol=kmeans.tol)
+    ids, _ = executor.nearest(km.centroids, 1)
+    return AnchorNeighbours(ids[:, 0])
 
 
 def write_pooled_embeddings(train: FrameDataset, url: str, storage_options: dict[str, Any] | None,
@@ -154,8 +180,8 @@ def train_contrastive(cfg: Config, model: Any, train: FrameDataset, stage_url: s
         stage_url: folder of this stage's checkpoints and metrics.
         neighbours: GCMH's anchor neighbours (None: no neighbour term).
         partner_frames: frames of training rows by position (needed with ``neighbours``).
-        eval_fn: ``eval_fn(net, epoch) -> {name: value}`` (e.g. validation mAP), run every
-            ``train.eval_every`` epochs.
+        eval_fn: ``eval_fn(net, epoch) -> {name: value}`` (e.g. validation mAP, :class:`BestEpoch`); with
+            one, it runs after every epoch.
         progress: console progress.
         **loop_kwargs: passed to :func:`~vhindex.train.loop.run_training` (Ray Train hooks).
 
@@ -165,26 +191,43 @@ def train_contrastive(cfg: Config, model: Any, train: FrameDataset, stage_url: s
     t = cfg.train
     device = resolve_device(t.device)
     stream = _TrainStream(train, t.batch_size, cfg.run.seed, t.shuffle_buffer)
+    r = model.recipe
+    self_graph = model.name == "gcmh" and r.get("neighbour_weight", 0) > 0 and r.get("neighbour_source") == "model"
+    current: dict[str, Any] = {"neighbours": neighbours}
+    if self_graph and partner_frames is None:
+        partner_frames = PartnerFrames(train, t.partner_cache_bytes)
 
     def step(net: torch.nn.Module, batch: Any, gen: torch.Generator) -> dict[str, torch.Tensor]:
         frames = _tensor(batch.frames, device)
         nb = None
-        if neighbours is not None:
-            rows = neighbours.sample(batch.positions, batch.sampler)  # the epoch's seeded rng
+        if current["neighbours"] is not None:
+            rows = current["neighbours"].sample(batch.positions, batch.sampler)  # the epoch's seeded rng
             nb = _tensor(partner_frames.get(rows), device)
         return contrastive_step(model, net, frames, gen, nb)
 
     def epoch_rng(epoch: int) -> np.random.Generator:
-        # from (seed, epoch) alone: a resumed run draws the same neighbours as one that never stopped
+        # From (seed, epoch) alone, so a resumed run draws the same neighbours as one that never stopped. The
+        # self-distilled graph is rebuilt here at the start of every epoch from the weights it starts with
+        # (restored from the checkpoint on resume): exact resume, at the cost of one encoding pass + k-means.
+        if self_graph and epoch >= r["neighbour_start"]:
+            was_training = model.net.training
+            current["neighbours"] = model_neighbours(model, train, cfg.graph.anchors, seed=cfg.run.seed + epoch,
+                                                     kmeans=cfg.graph.kmeans, rows_per_chunk=cfg.graph.rows_per_chunk)
+            model.net.train(was_training)
         return np.random.default_rng([cfg.run.seed, epoch, 3])
 
     return run_training(_loop_spec(cfg, t.epochs, model.name), module=model.net, step_fn=step,
                         batches=lambda e: stream.epoch(e, epoch_rng), ckpt_url=f"{stage_url}/ckpt", storage_options=cfg.run.storage_options
-                        or None, metrics_url=stage_url, eval_fn=eval_fn, eval_every=t.eval_every, device=device,
+                        or None, metrics_url=stage_url, eval_fn=eval_fn, eval_every=1 if eval_fn else 0, device=device,
                         progress=progress, **loop_kwargs)
 
 
 # ------------------------------------------------------------------------------ the recipe
+
+
+def uses_feature_graph(params: dict[str, Any]) -> bool:
+    """Whether GCMH ``params`` need the graph stage on the input features (built before training)."""
+    return params.get("neighbour_weight", 0) > 0 and params.get("neighbour_source") == "features"
 
 
 def _model_root(cfg: Config, kind: str) -> str:
@@ -223,11 +266,14 @@ def _neighbours(cfg: Config, train: FrameDataset) -> tuple[AnchorNeighbours, str
 
 
 def train_contrastive_student(cfg: Config, datasets: dict[str, FrameDataset] | None = None, *,
-                              progress: bool = True, eval_fn: Any = None, **loop_kwargs: Any) -> tuple[Any, Any]:
+                              progress: bool = True, validation: tuple[FrameDataset, FrameDataset] | None = None,
+                              **loop_kwargs: Any) -> tuple[Any, Any]:
     """Train (or reuse) the ConMH / GCMH model of ``model.name`` / ``model.bits`` / ``model.params``; save it
     to ``<run>/<model>/model``. GCMH needs its graph first (:func:`build_neighbour_graph`).
 
-    Also the stage function Ray Train workers run (``cluster.train``): ``**loop_kwargs`` are the hooks.
+    With ``validation`` (queries, database carved from the *training* data), the saved model is the epoch
+    with the best validation mAP@20 (:class:`~vhindex.train.common.BestEpoch`). Also the stage function
+    Ray Train workers run (``cluster.train``): ``**loop_kwargs`` are the hooks.
 
     Returns:
         ``(model, TrainResult or None when the stage was already complete)``.
@@ -243,11 +289,13 @@ def train_contrastive_student(cfg: Config, datasets: dict[str, FrameDataset] | N
     params = student_params(cfg)
     train = datasets["train"]
     neighbours, graph_fp = None, None
-    if kind == "gcmh" and params["neighbour_weight"] > 0:
+    if uses_feature_graph(params):
         neighbours, graph_fp = _neighbours(cfg, train)
     inputs = {"stage": kind, "bits": cfg.model.bits, "params": params, "epochs": t.epochs, "seed": cfg.run.seed,
               "train": _hash(train.manifest.to_dict()), "graph": graph_fp, "batch_size": t.batch_size,
               "lr": [t.lr, t.lr_decay, t.lr_decay_every, t.lr_min], "shuffle_buffer": t.shuffle_buffer}
+    if validation is not None:
+        inputs["select"] = {"on": "val_map@20", "query": validation[0].url, "database": validation[1].url}
     device = resolve_device(t.device)
     if _stage_done(stage, so, inputs):
         return load_model(model_url, so).to(device), None
@@ -255,11 +303,16 @@ def train_contrastive_student(cfg: Config, datasets: dict[str, FrameDataset] | N
     torch.manual_seed(cfg.run.seed)
     model = build_model(kind, cfg.model.bits, device=device, **params)
     partners = PartnerFrames(train, t.partner_cache_bytes) if neighbours is not None else None
+    selector = BestEpoch(model, *validation) if validation is not None else None
     result = train_contrastive(cfg, model, train, stage, neighbours=neighbours, partner_frames=partners,
-                               eval_fn=eval_fn, progress=progress, **loop_kwargs)
+                               eval_fn=selector, progress=progress, **loop_kwargs)
+    extra = {}
+    if selector is not None:
+        selector.restore()
+        extra["selection"] = selector.summary()
     if loop_kwargs.get("rank", 0) == 0:
         model.save(model_url, so)
-        _write_stage(stage, so, inputs, model_version=model.version())
+        _write_stage(stage, so, inputs, model_version=model.version(), **extra)
     return model, result
 
 
@@ -273,7 +326,7 @@ def run_contrastive_recipe(cfg: Config, datasets: dict[str, FrameDataset], *, gr
     kind = cfg.model.name
     stages: dict[str, str] = {}
     if kind == "gcmh":
-        if student_params(cfg)["neighbour_weight"] > 0:
+        if uses_feature_graph(student_params(cfg)):
             before = _graph_text(cfg)
             build_neighbour_graph(cfg, datasets["train"], executor=graph_executor)
             stages["graph"] = "skipped" if before is not None and before == _graph_text(cfg) else "ran"

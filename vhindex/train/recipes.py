@@ -53,6 +53,7 @@ from vhindex.train.common import (
     ARCH_PARAMS,
     STUDENTS,
     TEACHER_STUDENTS,
+    BestEpoch,
     PartnerFrames,
     RecipeResult,
     _Batch,
@@ -213,7 +214,8 @@ def _load_graph_for(cfg: Config, graph_url: str, train: FrameDataset) -> tuple[n
 
 
 def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], graph_url: str, *,
-                 progress: bool, **loop_kwargs: Any) -> tuple[DKPH | BTH, TrainResult | None, str]:
+                 progress: bool, validation: tuple[FrameDataset, FrameDataset] | None = None,
+                 **loop_kwargs: Any) -> tuple[DKPH | BTH, TrainResult | None, str]:
     from vhindex.graph import PairSampler
 
     t, so = cfg.train, _so(cfg)
@@ -233,6 +235,8 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
               "graph": graph_fp, "mask_prob": t.mask_prob, "batch_size": t.batch_size,
               "lr": [t.lr, t.lr_decay, t.lr_decay_every, t.lr_min], "shuffle_buffer": t.shuffle_buffer,
               "pair_backend": t.pair_backend}
+    if validation is not None:  # the saved model is the best validation epoch's (absent otherwise: old markers match)
+        inputs["select"] = {"on": "val_map@20", "query": validation[0].url, "database": validation[1].url}
     device = resolve_device(t.device)
     cls = DKPH if kind == "dkph" else BTH
     if _stage_done(stage, so, inputs):
@@ -261,24 +265,32 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
                              use_tsim=params["use_tsim"], use_bsim=params["use_bsim"])
         return bth_loss(out1, out2, f1, f2, s_t, c1, c2)
 
-    eval_fn = None
-    if t.eval_every:
+    eval_fn, eval_every, selector = None, t.eval_every, None
+    if validation is not None:
+        selector = eval_fn = BestEpoch(model, *validation)
+        eval_every = 1
+    elif t.eval_every:
         def eval_fn(_net, _epoch):  # noqa: ANN001
             res = _evaluate(cfg, model, datasets, pr=False)
             return {f"map@{k}": v for k, v in res.map_at_k.items()}
 
     result = run_training(_loop_spec(cfg, t.epochs, kind), module=model.net, step_fn=step,
                           batches=lambda e: stream.epoch(e, sampler_for), ckpt_url=f"{stage}/ckpt",
-                          storage_options=so, metrics_url=stage, eval_fn=eval_fn, eval_every=t.eval_every,
+                          storage_options=so, metrics_url=stage, eval_fn=eval_fn, eval_every=eval_every,
                           device=device, progress=progress, **loop_kwargs)
+    extra = {}
+    if selector is not None:
+        selector.restore()
+        extra["selection"] = selector.summary()
     if loop_kwargs.get("rank", 0) == 0:
         model.save(model_url, so)
-        _write_stage(stage, so, inputs, model_version=model.version())
+        _write_stage(stage, so, inputs, model_version=model.version(), **extra)
     return model, result, model_url
 
 
 def train_student(cfg: Config, datasets: dict[str, FrameDataset] | None = None, graph_url: str | None = None, *,
-                  progress: bool = True, **loop_kwargs: Any) -> tuple[DKPH, TrainResult | None]:
+                  progress: bool = True, validation: tuple[FrameDataset, FrameDataset] | None = None,
+                  **loop_kwargs: Any) -> tuple[DKPH, TrainResult | None]:
     """Train the DKPH student on graph pairs (dkph_loss, ablation flags from ``cfg.train``); save to ``<run>/model``.
 
     Returns:
@@ -286,12 +298,13 @@ def train_student(cfg: Config, datasets: dict[str, FrameDataset] | None = None, 
     """
     datasets = datasets or check_datasets(cfg)
     model, result, _ = _train_pairs(cfg, "dkph", datasets, graph_url or f"{_root(cfg)}/graph", progress=progress,
-                                    **loop_kwargs)
+                                    validation=validation, **loop_kwargs)
     return model, result  # type: ignore[return-value]
 
 
 def train_bth(cfg: Config, datasets: dict[str, FrameDataset] | None = None, graph_url: str | None = None, *,
-              progress: bool = True, **loop_kwargs: Any) -> tuple[BTH, TrainResult | None]:
+              progress: bool = True, validation: tuple[FrameDataset, FrameDataset] | None = None,
+              **loop_kwargs: Any) -> tuple[BTH, TrainResult | None]:
     """Train the BTH baseline (bth_loss, same graph and pairs); save to ``<run>/bth/model``.
 
     Returns:
@@ -299,7 +312,7 @@ def train_bth(cfg: Config, datasets: dict[str, FrameDataset] | None = None, grap
     """
     datasets = datasets or check_datasets(cfg)
     model, result, _ = _train_pairs(cfg, "bth", datasets, graph_url or f"{_root(cfg)}/graph", progress=progress,
-                                    **loop_kwargs)
+                                    validation=validation, **loop_kwargs)
     return model, result  # type: ignore[return-value]
 
 
