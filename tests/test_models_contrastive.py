@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vhindex.models import ConMH, GCMH, build_model, load_model, model_params
+from vhindex.models import GCMH, ConMH, build_model, load_model, model_params
 from vhindex.models.contrastive import two_view_masks
 from vhindex.train.contrastive import AnchorNeighbours
 
