@@ -180,3 +180,29 @@ def test_tiny_rerun_reuses_the_build_and_gives_the_same_numbers(tiny_run) -> Non
     assert not any(": rendering " in line for line in lines)  # every split reported "already built"
     assert again.fashion == out.fashion
     assert again.neardup == out.neardup
+
+
+@pytest.mark.slow
+def test_tiny_learned_models_choose_their_epoch_on_the_validation_split(tiny_run) -> None:
+    """Every learned model trains on the training clips minus a carved validation split and keeps its best
+    validation epoch; the report states the rule and the choices, and the test query / database are untouched."""
+    cfg, out, tmp, _ = tiny_run
+    b = cfg.bench
+    val = out.info["fashion"]["validation"]
+    assert (val["queries"], val["database"]) == (b.validation_queries, b.validation_database)
+    assert val["train"] == out.info["fashion"]["videos"]["train"] - b.validation_queries - b.validation_database
+    sel = out.info["fashion"]["selection"]
+    assert sorted(sel) == sorted(m for m in b.methods if m in ("bth", "dkph", "conmh", "gcmh"))
+    for method, per_bits in sel.items():
+        for bits in b.bits:
+            chosen = per_bits[str(bits)][str(b.seeds[0])]
+            assert 1 <= chosen["best_epoch"] <= len(chosen["curve"])
+            assert chosen["best_val"] == max(chosen["curve"]) and len(chosen["code_stats"]) == len(chosen["curve"])
+    report = (tmp / "report.md").read_text()
+    assert "**Selection rule.**" in report and "never used for any choice" in report
+    from vhindex.data import FrameDataset
+
+    work = f"{b.work}/fashion/features"
+    carved = {s: FrameDataset.open(f"{work}/validation/{s}").read_video_ids() for s in ("train", "query", "database")}
+    assert not set(carved["train"]) & (set(carved["query"]) | set(carved["database"]))
+    assert set().union(*carved.values()) == set(FrameDataset.open(f"{work}/train").read_video_ids())

@@ -137,9 +137,10 @@ class MaskedHashNet(nn.Module):
 
     def states(self, frames: Tensor, visible: Tensor | None = None) -> Tensor:
         """Encoder states ``(B, V, width)`` of the visible frames (all ``M`` when ``visible`` is None)."""
-        x = self.embed(frames) + self.pos.to(frames.dtype)
-        if visible is not None:
-            x = _gather_frames(x, visible)
+        pos = self.pos.to(frames.dtype).unsqueeze(0).expand(frames.shape[0], -1, -1)
+        if visible is not None:  # embed only the visible frames (the masked ones are dropped, not zeroed)
+            frames, pos = _gather_frames(frames, visible), _gather_frames(pos, visible)
+        x = self.embed(frames) + pos
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))

@@ -378,6 +378,7 @@ class BestEpoch:
         n = max(query.meta.num_classes or 0, database.meta.num_classes or 0)
         self.q_labels, self.db_labels = query.read_labels_multi_hot(n), database.read_labels_multi_hot(n)
         self.curve: list[float] = []
+        self.stats: list[dict[str, Any]] = []
         self.best_epoch, self.best_score = -1, float("-inf")
         self._state: dict[str, torch.Tensor] | None = None
 
@@ -388,7 +389,10 @@ class BestEpoch:
         _, dc = encode_in_memory(self.model, self.database)
         score = float(evaluate(dc, qc, self.db_labels, self.q_labels, ks=[self.k], protocol="paper", pr=False,
                                precision_ns=[]).map_at_k[self.k])
+        from vhindex.eval.codes import code_statistics
+
         self.curve.append(score)
+        self.stats.append(code_statistics(dc))  # collapse / balance / correlation of the validation database
         if score > self.best_score:
             self.best_epoch, self.best_score = epoch, score
             self._state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
@@ -400,6 +404,8 @@ class BestEpoch:
             self.model.net.load_state_dict(self._state)
 
     def summary(self) -> dict[str, Any]:
-        """``{"best_epoch" (1-based), "best_val", "curve"}``."""
+        """``{"best_epoch" (1-based), "best_val", "curve", "code_stats"}`` (one entry per epoch)."""
         return {"best_epoch": self.best_epoch + 1, "best_val": round(self.best_score, 4),
-                "curve": [round(v, 4) for v in self.curve]}
+                "curve": [round(v, 4) for v in self.curve],
+                "code_stats": [{k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}
+                               for st in self.stats]}
