@@ -18,7 +18,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 # The demo's learned students on the tiny preset: a small net, 1-2 epochs, few anchors (seconds).
-SMALL_DKPH = ("model.params.hidden=32", "model.params.ffn=64", "train.teacher_epochs=1", "train.epochs=2", "graph.anchors=16",
+SMALL_DKPH = ("demo.learned_params={dkph: {hidden: 32, ffn: 64}}", "train.teacher_epochs=1", "train.epochs=2", "graph.anchors=16",
               "train.pair_backend=numpy")
 
 

@@ -156,15 +156,22 @@ class IndexSection(_Section):
 class DemoSection(_Section):
     """What ``vhindex demo`` runs.
 
-    ``learned`` adds learned hashers (``dkph``, ``bth``) trained by the ``train`` recipe on the
-    demo's synthetic data (teacher -> embeddings -> in-process anchor graph -> student) beside the
-    baselines; their epochs, width and anchors come from the ``train`` section.
+    ``learned`` adds learned hashers trained on the demo's synthetic data beside the baselines: ``gcmh``
+    / ``conmh`` in one stage (:mod:`vhindex.train.contrastive`), ``dkph`` / ``bth`` by the teacher
+    recipe (teacher -> embeddings -> in-process anchor graph -> student). Their parameters come from
+    ``learned_params`` (per model), their schedule from the ``train`` section with ``learned_train``
+    (per model) over it.
     """
 
     methods: list[str] = Field(default_factory=lambda: ["lsh", "pca_sign", "itq"])
     bits: list[int] = Field(default_factory=lambda: [16, 32, 64])
-    learned: list[Literal["dkph", "bth"]] = Field(
-        default_factory=list, description="Learned students trained beside the baselines (empty: none).")
+    learned: list[Literal["gcmh", "conmh", "dkph", "bth"]] = Field(
+        default_factory=list, description="Learned models trained beside the baselines (empty: none).")
+    learned_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Model parameters per learned model (num_frames / feature_dim come from "
+                                          "the data).")
+    learned_train: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="`train` fields per learned model, over the train section.")
     learned_bits: list[int] | None = Field(
         None, description="Code lengths (of demo.bits) the learned students train at; null = every demo.bits.")
     example_queries: int = Field(3, ge=0)

@@ -326,6 +326,16 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_merge(args: argparse.Namespace) -> int:
+    """``vhindex bench merge``: several runs' ``results.json`` -> one report (``bench.report``)."""
+    from vhindex.benchdata.quality import merge_reports
+
+    cfg = _config(args)
+    merge_reports(args.parts, cfg, command="vhindex bench merge " + " ".join(args.parts))
+    print(f"merged {len(args.parts)} result files into {cfg.bench.report}")
+    return 0
+
+
 def cmd_bench_sources(args: argparse.Namespace) -> int:
     from vhindex.benchdata.sources import fetch_debian_sources
 
@@ -474,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", help="comma-separated subset of bench.methods to run, e.g. conmh,gcmh")
     _add_config_args(c, default="configs/bench/quality.yaml")
     c.set_defaults(func=cmd_bench_quality)
+    c = bsub.add_parser("merge", help="merge the results.json of several runs (e.g. one per method) into one report "
+                                      "(at bench.report of --config)")
+    c.add_argument("parts", nargs="+", metavar="RESULTS_JSON", help="result files, later ones win per row")
+    c.add_argument("--config", default="configs/bench/quality.yaml", help="for bench.report and the settings lines")
+    c.set_defaults(func=cmd_bench_merge, overrides=[])
 
     p = sub.add_parser("config", help="show or check configs")
     csub = p.add_subparsers(dest="config_command", required=True)

@@ -30,7 +30,8 @@ from vhindex.inprocess import encode_dataset, fit_model, labels_for
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "query", "database")
-LEARNED = ("dkph", "bth")
+LEARNED = ("gcmh", "conmh", "dkph", "bth")
+TEACHER_STUDENTS = ("dkph", "bth")  # share one teacher and graph
 DEMO_TEACHER_BITS = 64  # teacher code length when train.teacher_bits is null (independent of the students')
 
 
@@ -67,24 +68,31 @@ def learned_config(cfg: Config, data_url: str) -> Config:
     data["run"]["output_dir"] = f"{cfg.run.output_dir.rstrip('/')}/learned"
     data["data"].update({s: f"{data_url}/{s}" for s in SPLITS})
     data["data"]["storage_options"] = so
-    if data["model"]["name"] not in LEARNED:  # the baselines' model section: the students' default architecture
-        data["model"] = {"name": LEARNED[0], "bits": data["model"]["bits"], "params": {}}
-    data["model"]["params"].update(num_frames=meta.num_frames, feature_dim=meta.feature_dim)
+    # the teacher (dkph / bth) takes the architecture of the first teacher student listed
+    first = next((m for m in cfg.demo.learned if m in TEACHER_STUDENTS), "dkph")
+    data["model"] = {"name": first, "bits": data["model"]["bits"],
+                     "params": {**cfg.demo.learned_params.get(first, {}), "num_frames": meta.num_frames,
+                                "feature_dim": meta.feature_dim}}
     data["graph"]["executor"] = "sequential"
     data["train"].update(teacher_bits=cfg.train.teacher_bits or DEMO_TEACHER_BITS)
     return config_from_dict(data, source="demo (learned students)")
 
 
-def student_config(cfg: Config, kind: str, bits: int, output_dir: str) -> Config:
-    """``cfg`` (a :func:`learned_config`) for student ``kind`` at ``bits`` in ``output_dir``: the shared
-    architecture and ``kind``'s own switches (parameters only another student takes are dropped)."""
+def student_config(cfg: Config, demo: Any, kind: str, bits: int, output_dir: str) -> Config:
+    """``cfg`` (a :func:`learned_config`) for model ``kind`` at ``bits`` in ``output_dir``: its
+    ``demo.learned_params`` (a teacher student: the shared architecture plus its own switches) and its
+    ``demo.learned_train`` over the train section."""
     from vhindex.models import model_params
 
     data = cfg.model_dump(mode="json")
     data["run"]["output_dir"] = output_dir
     takes = model_params(kind)
-    data["model"] = {"name": kind, "bits": bits,
-                     "params": {k: v for k, v in data["model"]["params"].items() if k in takes}}
+    shape = {k: data["model"]["params"][k] for k in ("num_frames", "feature_dim")}
+    params = {**demo.learned_params.get(kind, {}), **shape}
+    if kind in TEACHER_STUDENTS:  # the teacher's architecture, then this student's own switches
+        params = {**{k: v for k, v in data["model"]["params"].items() if k in takes}, **params}
+    data["model"] = {"name": kind, "bits": bits, "params": {k: v for k, v in params.items() if k in takes}}
+    data["train"] = {**data["train"], **demo.learned_train.get(kind, {})}
     return config_from_dict(data, source=f"demo ({kind}-{bits})")
 
 
@@ -98,6 +106,7 @@ class LearnedTrainer:
     """
 
     def __init__(self, cfg: Config, data_url: str, out: TextIO | None = None) -> None:
+        self.demo = cfg.demo
         self.cfg = learned_config(cfg, data_url)
         self.out = out
         self._datasets: dict[str, FrameDataset] | None = None
@@ -130,8 +139,15 @@ class LearnedTrainer:
 
         if kind not in LEARNED:
             raise ValueError(f"demo.learned: unknown learned model {kind!r}; choose from {list(LEARNED)}")
+        cfg = student_config(self.cfg, self.demo, kind, bits, f"{self.cfg.run.output_dir}/{kind}-{bits}")
+        if kind not in TEACHER_STUDENTS:  # one stage, no teacher
+            from vhindex.train.common import check_datasets
+            from vhindex.train.contrastive import train_contrastive_student
+
+            if self._datasets is None:
+                self._datasets = check_datasets(cfg)
+            return train_contrastive_student(cfg, self._datasets, progress=False)[0]
         datasets, graph = self._prepare()
-        cfg = student_config(self.cfg, kind, bits, f"{self.cfg.run.output_dir}/{kind}-{bits}")
         trainer = train_student if kind == "dkph" else train_bth
         model, _ = trainer(cfg, datasets, graph_url=graph, progress=False)
         return model
@@ -151,8 +167,12 @@ def run_demo(cfg: Config, out: TextIO | None = None) -> DemoResult:
     learner = LearnedTrainer(cfg, data_url, out) if learned_bits else None
     if learner is not None:
         t = learner.cfg.train
-        _say(out, f"learned students {cfg.demo.learned} at {learned_bits} bits: teacher {t.teacher_epochs} "
-                  f"epochs, students {t.epochs} epochs (train section)")
+        schedule = []
+        for m in cfg.demo.learned:
+            epochs = cfg.demo.learned_train.get(m, {}).get("epochs", t.epochs)
+            schedule.append(f"{m} {epochs} epochs" + (f" after a {t.teacher_epochs}-epoch teacher"
+                                                      if m in TEACHER_STUDENTS else ""))
+        _say(out, f"learned models {cfg.demo.learned} at {learned_bits} bits: {', '.join(schedule)}")
     results = {}
     for bits in cfg.demo.bits:
         methods = [*cfg.demo.methods, *(cfg.demo.learned if bits in learned_bits else ())]

@@ -45,6 +45,7 @@ from vhindex.data import FrameDataset
 __all__ = [
     "BenchOutcome",
     "carve_validation",
+    "merge_reports",
     "leave_one_out_metrics",
     "map_at_k_from_relevance",
     "ranked_relevance",
@@ -515,6 +516,41 @@ class _Runner:
         return text
 
 
+def merge_reports(parts: Sequence[str], cfg: Config, command: str) -> BenchOutcome:
+    """Merge ``results.json`` files of runs over the same benchmark data (e.g. one process per method) into the
+    report at ``cfg.bench.report`` (markdown, JSON, plots): rows of later files win; timings and selections are
+    combined. Raises ``ValueError`` when two files hold different benchmark data (spec or video counts)."""
+    merged = BenchOutcome()
+    for path in parts:
+        obj = json.loads(Path(path).read_text())
+        for bench in ("fashion", "neardup"):
+            info = obj.get("info", {}).get(bench)
+            if not info:
+                continue
+            mine = merged.info.setdefault(bench, {})
+            for key in ("spec", "videos"):
+                if key in mine and key in info and mine[key] != info[key]:
+                    raise ValueError(f"{path}: its {bench} {key} differs from the files before it; not the same data")
+            selection = {**mine.get("selection", {})}
+            for method, per_bits in info.get("selection", {}).items():
+                selection.setdefault(method, {}).update(per_bits)
+            mine.update(info)
+            if selection:
+                mine["selection"] = selection
+            rows = getattr(merged, bench)
+            for row, cells in obj.get(bench, {}).items():
+                rows[row] = {int(bits): _int_keys(cell) for bits, cell in cells.items()}
+        for step, sec in obj.get("timings", {}).items():
+            merged.timings[step] = merged.timings.get(step, 0.0) + float(sec)
+    report = Path(cfg.bench.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render_report(merged, cfg, command, sum(merged.timings.values())))
+    (report.parent / (report.stem + ".json")).write_text(json.dumps(merged.to_dict(), indent=1, default=str))
+    if cfg.bench.plots:
+        write_plots(merged, report.parent / report.stem)
+    return merged
+
+
 def carve_validation(train_url: str, out: str, n_query: int, n_database: int, seed: int = 0) -> dict[str, str]:
     """A validation split carved from the labelled training clips: ``{"train", "query", "database"}`` dataset
     URLs under ``out`` (the rest of the clips, ``n_query`` validation queries, ``n_database`` validation database
@@ -541,12 +577,26 @@ def carve_validation(train_url: str, out: str, n_query: int, n_database: int, se
     perm = np.random.default_rng([seed, 7]).permutation(len(ids))
     parts = {"query": perm[:n_query], "database": perm[n_query:n_query + n_database],
              "train": np.sort(perm[n_query + n_database:])}
+    # written aside, then moved into place: runners started side by side (one per method) never read a
+    # half-written split; the first to finish wins, the others' identical copies are dropped
+    tmp = Path(f"{out}.tmp-{os.getpid()}")
     for name, rows in parts.items():
-        with FrameDatasetWriter(urls[name], ds.meta, with_labels=True, row_group_size=256, overwrite=True) as w:
+        with FrameDatasetWriter(str(tmp / name), ds.meta, with_labels=True, row_group_size=256, overwrite=True) as w:
             for s in range(0, len(rows), 1024):
                 sel = rows[s:s + 1024]
                 w.write([ids[i] for i in sel], x[sel], [labels[i] for i in sel])
-    stamp.write_text(json.dumps(want))
+    (tmp / "_split.json").write_text(json.dumps(want))
+    import shutil
+
+    if Path(out).exists():
+        if stamp.exists() and json.loads(stamp.read_text()) == want:
+            shutil.rmtree(tmp)
+            return urls
+        shutil.rmtree(out)  # an older split (other sizes or data)
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another runner moved its identical split in first
+        shutil.rmtree(tmp, ignore_errors=True)
     return urls
 
 
