@@ -193,7 +193,7 @@ def test_tiny_learned_models_choose_their_epoch_on_the_validation_split(tiny_run
     assert val["train"] == out.info["fashion"]["videos"]["train"] - b.validation_queries - b.validation_database
     sel = out.info["fashion"]["selection"]
     assert sorted(sel) == sorted(m for m in b.methods if m in ("bth", "dkph", "conmh", "gcmh"))
-    for method, per_bits in sel.items():
+    for per_bits in sel.values():
         for bits in b.bits:
             chosen = per_bits[str(bits)][str(b.seeds[0])]
             assert 1 <= chosen["best_epoch"] <= len(chosen["curve"])
