@@ -18,7 +18,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 # The demo's learned students on the tiny preset: a small net, 1-2 epochs, few anchors (seconds).
-SMALL_DKPH = ("demo.learned_params={dkph: {hidden: 32, ffn: 64}}", "train.teacher_epochs=1", "train.epochs=2", "graph.anchors=16",
+SMALL_DKPH = ("demo.learned=[dkph]", "demo.learned_params={dkph: {hidden: 32, ffn: 64}}", "train.teacher_epochs=1", "train.epochs=2", "graph.anchors=16",
               "train.pair_backend=numpy")
 
 
@@ -138,3 +138,32 @@ def test_train_command_and_the_paper_configs(tmp_path, capsys):
     assert info["num_shards"] == 1 and sum(info["counts"]) == 256
     assert main(["index", "flat", "--codes", str(out / "codes" / "database"), "--out", str(tmp_path / "flat")]) == 0
     assert "indexed 256 codes of 32 bits" in capsys.readouterr().out
+
+
+def test_demo_trains_gcmh_without_a_teacher(tmp_path):
+    """The demo's default learned model: GCMH trains in one stage (no teacher), its row joins the table."""
+    from vhindex.app.demo import run_demo
+    from vhindex.config import load_config
+
+    out = tmp_path / "run"
+    cfg = load_config("configs/demo.yaml", ["synth.preset=tiny", f"run.output_dir={out}", "demo.bits=[16]",
+                                            "demo.learned_bits=null", "demo.example_queries=0", "demo.serve=false",
+                                            "demo.learned_params={gcmh: {width: 32, depth: 1, heads: 2, dec_width: 16, "
+                                            "dec_heads: 2, neighbour_start: 1}}", "demo.learned_train={gcmh: {epochs: 2}}",
+                                            "graph.anchors=16"])
+    lines = []
+
+    class Out:
+        def write(self, text):
+            lines.append(text)
+
+        def flush(self):
+            pass
+
+    result = run_demo(cfg, out=Out())
+    assert set(result.results) == {f"{m}-16" for m in ("lsh", "pca_sign", "itq", "gcmh")}
+    assert 0.0 < result.results["gcmh-16"].map_at_k[5] <= 1.0
+    text = "".join(lines)
+    assert "learned models ['gcmh'] at [16] bits: gcmh 2 epochs" in text and "teacher" not in text
+    assert (out / "learned" / "gcmh-16" / "gcmh" / "model").is_dir()
+    assert not (out / "learned" / "teacher").exists()
