@@ -1,0 +1,101 @@
+"""Training throughput of every learned model, side by side in one process (videos per second).
+
+Each model trains ``--steps`` optimizer steps (after ``--warmup`` untimed ones) on the same batches of
+the fashion benchmark's features (M = 10 frames, D = 1,280), with the settings of
+``configs/bench/quality.yaml`` (``bench.method_params``): ConMH / GCMH with their two masked views (GCMH
+also with its neighbour view), DKPH / BTH with their pair of masked clips (the teacher's cost is a BTH
+without the pair). Inputs are in memory, so this measures the model's compute, not data loading (the
+product's loop streams Parquet; its per-epoch ``videos_per_s`` is in each stage's ``metrics.jsonl``).
+
+    .venv/bin/python benchmarks/bench_train_throughput.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vhindex.config import load_config  # noqa: E402
+from vhindex.data import FrameDataset  # noqa: E402
+from vhindex.models import build_model  # noqa: E402
+from vhindex.models.losses import bth_loss, dkph_loss  # noqa: E402
+from vhindex.models.nets import mask_frames  # noqa: E402
+from vhindex.train.contrastive import contrastive_step  # noqa: E402
+
+
+def _step(name: str, model, net: torch.nn.Module, x: torch.Tensor, gen: torch.Generator, params: dict) -> torch.Tensor:
+    """One training loss of ``name`` on the batch ``x`` (its partners: the batch reversed)."""
+    if name in ("conmh", "gcmh"):
+        return contrastive_step(model, net, x, gen, x.flip(0) if name == "gcmh" else None)["total"]
+    out1, out2 = net(mask_frames(x, gen)), net(mask_frames(x.flip(0), gen))
+    s = torch.ones(len(x))
+    c = torch.zeros(len(x), params.get("hidden", 256))
+    if name == "dkph":
+        return dkph_loss(out1, out2, x, x.flip(0), s, c, c)["total"]
+    return bth_loss(out1, out2, x, x.flip(0), s, c, c)["total"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--config", default="configs/bench/quality.yaml")
+    p.add_argument("--bits", type=int, default=64)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report", default="benchmarks/results/train_throughput.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    ds = FrameDataset.open(f"{cfg.bench.work.rstrip('/')}/fashion/features/train")
+    x = torch.from_numpy(np.concatenate([b.features for b in ds.iter_batches(
+        args.batch * 2, columns=("video_id", "features"))][:1]).astype(np.float32))[: args.batch]
+    m, d = x.shape[1], x.shape[2]
+    rows = []
+    for name in ("conmh", "gcmh", "dkph", "bth"):
+        params = {**cfg.bench.method_params.get(name, {}), "num_frames": m, "feature_dim": d}
+        torch.manual_seed(0)
+        model = build_model(name, args.bits, device="cpu", **params)
+        net = model.net.train()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(0)
+
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                t0 = time.perf_counter()
+            loss = _step(name, model, net, x, gen, params)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        seconds = time.perf_counter() - t0
+        vps = args.steps * len(x) / seconds
+        n_params = sum(t.numel() for t in net.parameters())
+        rows.append((name, n_params, vps))
+        print(f"{name:6s} {n_params / 1e6:6.2f} M parameters  {vps:8.1f} training videos/s", flush=True)
+    text = "\n".join([
+        f"# Training throughput ({dt.datetime.now().isoformat(timespec='seconds')})", "",
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads; "
+        f"command: `python benchmarks/bench_train_throughput.py {' '.join(argv or sys.argv[1:])}`", "",
+        f"Fashion features (M={m}, D={d}), {args.bits} bits, batch {len(x)}, {args.steps} timed steps after "
+        f"{args.warmup} warm-up; models as in `{args.config}` (bench.method_params). GCMH's epoch also rebuilds its "
+        "self-distilled graph (one encoding pass + k-means over the training clips), not included here.", "",
+        "| model | parameters | training videos/s |", "|---|---:|---:|",
+        *[f"| {n} | {p / 1e6:.2f} M | {v:,.0f} |" for n, p, v in rows], ""])
+    if args.report:
+        Path(args.report).write_text(text)
+        print(f"wrote {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
