@@ -409,3 +409,24 @@ class BestEpoch:
                 "curve": [round(v, 4) for v in self.curve],
                 "code_stats": [{k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}
                                for st in self.stats]}
+
+
+def graph_manifest_text(url: str, storage_options: dict[str, Any] | None) -> bytes | None:
+    """The bytes of the graph manifest at ``url`` (None when there is none): compared before and after a
+    graph stage to tell "ran" from "skipped"."""
+    fs, root = vfs.url_to_fs(url, storage_options)
+    path = vfs.join(fs, root, "graph.json")
+    return fs.cat(path) if fs.exists(path) else None
+
+
+def finish_recipe(cfg: Config, kind: str, model: Any, datasets: dict[str, FrameDataset], prefix: str,
+                  stages: dict[str, str], t0: float) -> RecipeResult:
+    """The recipes' last stage: encode query / database with ``model`` under ``prefix``, score, report."""
+    import time
+
+    name = f"{kind}-{cfg.model.bits}"
+    codes, eval_url, result, ran = _encode_and_report(cfg, model, datasets, prefix, name)
+    stages["eval"] = "ran" if ran else "skipped"
+    logger.info("%s: mAP@%d = %.4f (%s)", name, cfg.eval.ks[0], result.map_at_k[cfg.eval.ks[0]], eval_url)
+    return RecipeResult(run_dir=_root(cfg), model=kind, model_url=f"{prefix}/model", codes=codes, eval_url=eval_url,
+                        result=result, stages=stages, seconds=time.perf_counter() - t0)

@@ -39,7 +39,6 @@ from vhindex.train.common import (
     PartnerFrames,
     RecipeResult,
     _check_resumable,
-    _encode_and_report,
     _hash,
     _loop_spec,
     _root,
@@ -49,6 +48,8 @@ from vhindex.train.common import (
     _TrainStream,
     _write_stage,
     check_datasets,
+    finish_recipe,
+    graph_manifest_text,
     student_params,
 )
 from vhindex.train.loop import TrainResult, run_training
@@ -332,18 +333,8 @@ def run_contrastive_recipe(cfg: Config, datasets: dict[str, FrameDataset], *, gr
             stages["graph"] = "skipped" if before is not None and before == _graph_text(cfg) else "ran"
     model, res = train_contrastive_student(cfg, datasets, progress=progress)
     stages["student"] = "skipped" if res is None else "ran"
-    root = _model_root(cfg, kind)
-    name = f"{kind}-{cfg.model.bits}"
-    codes, eval_url, result, ran = _encode_and_report(cfg, model, datasets, root, name)
-    stages["eval"] = "ran" if ran else "skipped"
-    logger.info("%s: mAP@%d = %.4f (%s)", name, cfg.eval.ks[0], result.map_at_k[cfg.eval.ks[0]], eval_url)
-    return RecipeResult(run_dir=_root(cfg), model=kind, model_url=f"{root}/model", codes=codes, eval_url=eval_url,
-                        result=result, stages=stages, seconds=time.perf_counter() - t0)
+    return finish_recipe(cfg, kind, model, datasets, _model_root(cfg, kind), stages, t0)
 
 
 def _graph_text(cfg: Config) -> bytes | None:
-    from vhindex import fs as vfs
-
-    fs, root = vfs.url_to_fs(f"{_model_root(cfg, 'gcmh')}/graph", _so(cfg))
-    path = vfs.join(fs, root, "graph.json")
-    return fs.cat(path) if fs.exists(path) else None
+    return graph_manifest_text(f"{_model_root(cfg, 'gcmh')}/graph", _so(cfg))

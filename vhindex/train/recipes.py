@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from vhindex import fs as vfs
 from vhindex.config import Config
 from vhindex.data import (
     EmbeddingDatasetMeta,
@@ -58,7 +57,6 @@ from vhindex.train.common import (
     RecipeResult,
     _Batch,
     _check_resumable,
-    _encode_and_report,
     _evaluate,
     _hash,
     _loop_spec,
@@ -69,6 +67,8 @@ from vhindex.train.common import (
     _TrainStream,
     _write_stage,
     check_datasets,
+    finish_recipe,
+    graph_manifest_text,
     student_params,
 )
 from vhindex.train.loop import TrainResult, run_training
@@ -361,19 +361,12 @@ def run_recipe(cfg: Config, *, model: str | None = None, graph_executor: Executo
     stages["graph"] = "skipped" if before is not None and before == _graph_manifest_text(cfg) else "ran"
     student, res = _train_pairs(cfg, kind, datasets, graph_url, progress=progress)[:2]
     stages["student"] = "skipped" if res is None else "ran"
-    prefix = _root(cfg) if kind == "dkph" else f"{_root(cfg)}/bth"
-    name = f"{kind}-{cfg.model.bits}"
-    codes, eval_url, result, ran = _encode_and_report(cfg, student, datasets, prefix, name)
-    stages["eval"] = "ran" if ran else "skipped"
-    logger.info("%s: mAP@%d = %.4f (%s)", name, cfg.eval.ks[0], result.map_at_k[cfg.eval.ks[0]], eval_url)
-    return RecipeResult(run_dir=_root(cfg), model=kind, model_url=f"{prefix}/model", codes=codes, eval_url=eval_url,
-                        result=result, stages=stages, seconds=time.perf_counter() - t0)
+    return finish_recipe(cfg, kind, student, datasets, _root(cfg) if kind == "dkph" else f"{_root(cfg)}/bth",
+                         stages, t0)
 
 
 def _graph_manifest_text(cfg: Config) -> bytes | None:
-    fs, root = vfs.url_to_fs(f"{_root(cfg)}/graph", _so(cfg))
-    path = vfs.join(fs, root, "graph.json")
-    return fs.cat(path) if fs.exists(path) else None
+    return graph_manifest_text(f"{_root(cfg)}/graph", _so(cfg))
 
 
 def run_dkph_recipe(cfg: Config, **kwargs: Any) -> RecipeResult:
