@@ -130,8 +130,10 @@ def test_released_construction_reproduced_for_every_pair(case):
         np.testing.assert_array_equal(lv.colsum, Z.sum(0))  # float32 sequential column sums, bit for bit
         np.testing.assert_array_equal(lv.z, np.take_along_axis(Z, lv.ids.astype(np.int64), axis=1))
     ii, jj = _all_pairs(x.shape[0])
-    # the float32 values themselves, not only the thresholded bits: the FMA accumulation order of
-    # the float32 GEMM (numpy's OpenBLAS) is replayed exactly
+    # the float32 values themselves, not only the thresholded bits. The emulation replays a sequential
+    # FMA chain, which is the accumulation order of OpenBLAS's float32 GEMM on some CPUs (bit for bit on
+    # the Intel machines this was written on) but not all (AMD EPYC: up to 2 ulps apart), so the values
+    # are held to 4 ulps of the BLAS product and the thresholded graph below to exact equality.
     n = x.shape[0]
     rows = np.arange(n) if n <= 1200 else np.random.default_rng(0).choice(n, 400, replace=False)
     ri, rj = np.meshgrid(rows, np.arange(n), indexing="ij")
@@ -139,7 +141,7 @@ def test_released_construction_reproduced_for_every_pair(case):
         Z = zs[s][0]
         dense = np.dot(np.dot(Z, np.diag(Z.sum(0) ** -1)), Z.T)[rows]
         vals, shared = g.levels[s].affinity(ri.ravel(), rj.ravel(), emulate_float32=True)
-        np.testing.assert_array_equal(vals.reshape(dense.shape), dense)
+        np.testing.assert_array_max_ulp(vals.reshape(dense.shape), dense, maxulp=4)
         np.testing.assert_array_equal(shared.reshape(dense.shape) > 0, dense > 0)
     mine = g.adjacency(ii, jj)
     assert mine.dtype == np.int8
