@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +208,38 @@ def test_tiny_learned_models_choose_their_epoch_on_the_validation_split(tiny_run
     carved = {s: FrameDataset.open(f"{work}/validation/{s}").read_video_ids() for s in ("train", "query", "database")}
     assert not set(carved["train"]) & (set(carved["query"]) | set(carved["database"]))
     assert set().union(*carved.values()) == set(FrameDataset.open(f"{work}/train").read_video_ids())
+
+
+@pytest.mark.slow
+def test_merge_combines_runs_split_by_method_and_by_code_length(tiny_run, tmp_path) -> None:
+    """`vhindex bench merge`: runs that each hold some (method, bits) cells merge cell by cell; a later file's cell
+    wins; files over other benchmark data are refused."""
+    from vhindex.benchdata.quality import _int_keys, merge_reports
+
+    cfg, out, tmp, _ = tiny_run
+    full = json.loads((tmp / "report.json").read_text())
+    lo, hi = str(cfg.bench.bits[0]), str(cfg.bench.bits[-1])
+    part_a = copy.deepcopy(full)  # every row, but the lsh row only at the lowest code length
+    part_a["fashion"]["lsh"] = {lo: full["fashion"]["lsh"][lo]}
+    part_b = copy.deepcopy(full)  # only lsh, at the highest code length, with a changed number
+    part_b["fashion"] = {"lsh": {hi: copy.deepcopy(full["fashion"]["lsh"][hi])}}
+    part_b["neardup"] = {}
+    part_b["fashion"]["lsh"][hi]["paper"]["20"] = [0.123]
+    paths = []
+    for name, obj in (("a", part_a), ("b", part_b)):
+        paths.append(str(tmp_path / f"{name}.json"))
+        Path(paths[-1]).write_text(json.dumps(obj))
+    mcfg = cfg.model_copy(update={"bench": cfg.bench.model_copy(update={"report": str(tmp_path / "m.md"),
+                                                                        "plots": False})})
+    merged = merge_reports(paths, mcfg, "test")
+    assert sorted(merged.fashion["lsh"]) == sorted({int(lo), int(hi)})
+    assert merged.fashion["lsh"][int(lo)]["paper"] == _int_keys(full["fashion"]["lsh"][lo]["paper"])
+    assert merged.fashion["lsh"][int(hi)]["paper"][20] == [0.123]
+    assert merged.fashion["itq"] == {int(b): _int_keys(c) for b, c in full["fashion"]["itq"].items()}
+    assert "| lsh |" in (tmp_path / "m.md").read_text()
+    other = copy.deepcopy(full)
+    other["info"]["fashion"]["videos"] = {"train": 1, "query": 1, "database": 1}
+    Path(tmp_path / "c.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="not the same data"):
+        merge_reports([paths[0], str(tmp_path / "c.json")], mcfg, "test")
+

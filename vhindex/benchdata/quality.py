@@ -518,8 +518,9 @@ class _Runner:
 
 def merge_reports(parts: Sequence[str], cfg: Config, command: str) -> BenchOutcome:
     """Merge ``results.json`` files of runs over the same benchmark data (e.g. one process per method) into the
-    report at ``cfg.bench.report`` (markdown, JSON, plots): rows of later files win; timings and selections are
-    combined. Raises ``ValueError`` when two files hold different benchmark data (spec or video counts)."""
+    report at ``cfg.bench.report`` (markdown, JSON, plots): cells are merged per (method row, code length), a later
+    file's cell winning (so runs split by method or by code length combine); timings and selections are combined.
+    Raises ``ValueError`` when two files hold different benchmark data (spec or video counts)."""
     merged = BenchOutcome()
     for path in parts:
         obj = json.loads(Path(path).read_text())
@@ -539,7 +540,7 @@ def merge_reports(parts: Sequence[str], cfg: Config, command: str) -> BenchOutco
                 mine["selection"] = selection
             rows = getattr(merged, bench)
             for row, cells in obj.get(bench, {}).items():
-                rows[row] = {int(bits): _int_keys(cell) for bits, cell in cells.items()}
+                rows.setdefault(row, {}).update({int(bits): _int_keys(cell) for bits, cell in cells.items()})
         for step, sec in obj.get("timings", {}).items():
             merged.timings[step] = merged.timings.get(step, 0.0) + float(sec)
     report = Path(cfg.bench.report)
