@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = FrameDataset.open(args.train)
     labels_of = {}
     for batch in ds.iter_batches(columns=["video_id", "labels"]):
-        for vid, lab in zip(batch.video_ids, batch.labels):
+        for vid, lab in zip(batch.video_ids, batch.labels, strict=True):
             labels_of[vid] = set(lab)
     labels = [labels_of[v] for v in video_ids]
     rng = np.random.default_rng(args.seed)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = i != j
     i, j = i[keep], j[keep]
     tags = graph.tags(i, j)
-    share = np.array([bool(labels[a] & labels[b]) for a, b in zip(i, j)])
+    share = np.array([bool(labels[a] & labels[b]) for a, b in zip(i, j, strict=True)])
     out = {"graph": args.graph, "pairs": int(i.size), "random_share_label": round(float(share.mean()), 4)}
     for tag, name in ((1, "similar"), (-1, "dissimilar"), (0, "untagged")):
         sel = tags == tag

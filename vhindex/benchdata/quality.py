@@ -545,7 +545,7 @@ def merge_reports(parts: Sequence[str], cfg: Config, command: str) -> BenchOutco
             merged.timings[step] = merged.timings.get(step, 0.0) + float(sec)
     report = Path(cfg.bench.report)
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(render_report(merged, cfg, command, sum(merged.timings.values())))
+    report.write_text(render_report(merged, cfg, command, sum(merged.timings.values()), merged=True))
     (report.parent / (report.stem + ".json")).write_text(json.dumps(merged.to_dict(), indent=1, default=str))
     if cfg.bench.plots:
         write_plots(merged, report.parent / report.stem)
@@ -650,12 +650,15 @@ def _row_order(rows: dict[str, Any]) -> list[str]:
     return first + [r for r in rows if not r.startswith("float")]
 
 
-def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float) -> str:
-    """The markdown report: settings, the fashion mAP tables, the near-duplicate table, timings."""
+def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float, *, merged: bool = False) -> str:
+    """The markdown report: settings, the fashion mAP tables, the near-duplicate table, timings. ``merged``: the
+    cells come from several runs (``vhindex bench merge``), so the seeds are stated per cell, not from ``cfg``."""
     b = cfg.bench
+    seeds = ("seeds per cell (a ± cell is the mean ± sample std of several seeds, any other cell one seed)"
+             if merged else f"seeds {b.seeds}")
     lines = [f"# Real-data retrieval quality ({dt.datetime.now().isoformat(timespec='seconds')})", "",
              f"machine: {platform.node()}, {os.cpu_count()} CPUs; command: `{command}`; "
-             f"seeds {b.seeds}; total {seconds:.0f} s", ""]
+             f"{seeds}; total {seconds:.0f} s", ""]
     t = cfg.train
     from vhindex.models import model_params
 
