@@ -33,11 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     _, graph, video_ids, _ = load_graph(args.graph)
     ds = FrameDataset.open(args.train)
-    labels_of = {}
-    for batch in ds.iter_batches(columns=["video_id", "labels"]):
-        for vid, lab in zip(batch.video_ids, batch.labels, strict=True):
-            labels_of[vid] = set(lab)
-    labels = [labels_of[v] for v in video_ids]
+    row_of = {vid: r for r, vid in enumerate(ds.read_video_ids())}
+    labels = ds.read_labels_multi_hot()[[row_of[v] for v in video_ids]]  # graph row order
     rng = np.random.default_rng(args.seed)
     n = len(video_ids)
     i = rng.integers(0, n, args.pairs)
@@ -45,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = i != j
     i, j = i[keep], j[keep]
     tags = graph.tags(i, j)
-    share = np.array([bool(labels[a] & labels[b]) for a, b in zip(i, j, strict=True)])
+    share = (labels[i] & labels[j]).any(axis=1)
     out = {"graph": args.graph, "pairs": int(i.size), "random_share_label": round(float(share.mean()), 4)}
     for tag, name in ((1, "similar"), (-1, "dissimilar"), (0, "untagged")):
         sel = tags == tag

@@ -243,4 +243,3 @@ def test_merge_combines_runs_split_by_method_and_by_code_length(tiny_run, tmp_pa
     Path(tmp_path / "c.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="not the same data"):
         merge_reports([paths[0], str(tmp_path / "c.json")], mcfg, "test")
-

@@ -19,7 +19,7 @@ Bit-exactness with the released code (rule ``"bth"``, tested against a literal p
 * ``Z.sum(0)`` on a C-ordered float32 matrix is a *sequential* float32 sum over rows (numpy only
   sums pairwise along the contiguous axis); we reproduce it with ``np.add.at`` in row order.
 * ``Z @ diag(colsum**-1)`` is one float32 product per entry, ``fl32(z * fl32(1/colsum))``.
-* The float32 GEMM ``(Z D) @ Z^T`` of OpenBLAS's Haswell kernel on Intel CPUs accumulates over
+* The float32 GEMM ``(Z D) @ Z^T`` of OpenBLAS on the Intel machines the tests were written on accumulates over
   anchors in ascending anchor index with fused multiply-adds; we replay that chain
   (``acc = fl32(acc + w * z)``, the product exact in float64) over the shared anchors sorted by
   anchor id. The comparison is with ``float32(1e-5)``, as numpy does for a float32 array and a
