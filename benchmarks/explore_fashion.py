@@ -40,7 +40,7 @@ from vhindex.eval.codes import code_statistics  # noqa: E402
 from vhindex.models import build_model  # noqa: E402
 from vhindex.models.contrastive import two_view_masks  # noqa: E402
 from vhindex.models.losses import conmh_loss, gcmh_loss  # noqa: E402
-from vhindex.train.contrastive import AnchorNeighbours  # noqa: E402
+from vhindex.train.contrastive import AnchorKnnNeighbours, AnchorNeighbours  # noqa: E402
 
 
 def load(url: str) -> tuple[np.ndarray, np.ndarray]:
@@ -57,12 +57,14 @@ def val_map(model, xq: np.ndarray, lq: np.ndarray, xd: np.ndarray, ld: np.ndarra
     return float(score), code_statistics(dc)
 
 
-def anchor_groups(emb: np.ndarray, anchors: int, seed: int) -> AnchorNeighbours:
-    """Each clip's nearest k-means anchor of the L2-normalised embeddings."""
+def anchor_groups(emb: np.ndarray, anchors: int, seed: int, k: int = 0) -> AnchorNeighbours:
+    """Each clip's nearest k-means anchor of the L2-normalised embeddings (``k > 0``: only its ``k``
+    nearest group members are partners)."""
     emb = np.ascontiguousarray(emb / (np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12), dtype=np.float32)
     km = faiss.Kmeans(emb.shape[1], anchors, niter=20, seed=seed, verbose=False)
     km.train(emb)
-    return AnchorNeighbours(km.index.search(emb, 1)[1][:, 0])
+    nearest = km.index.search(emb, 1)[1][:, 0]
+    return AnchorKnnNeighbours(nearest, emb, k) if k > 0 else AnchorNeighbours(nearest)
 
 
 def purity(nb: AnchorNeighbours, labels: np.ndarray, rng: np.random.Generator, n: int = 3000) -> float:
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--neighbour-start", type=int, default=5)
     p.add_argument("--neighbour-refresh", type=int, default=1)
     p.add_argument("--anchors", type=int, default=100)
+    p.add_argument("--neighbour-k", type=int, default=0, help="> 0: partners are the k nearest group members")
     p.add_argument("--tag", default="")
     p.add_argument("--log", default="benchmarks/results/explore_fashion.jsonl")
     a = p.parse_args(argv)
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             note = f" neighbours from the features, purity {purity(neighbours, ltr, rng):.3f}"
         refresh = epoch >= a.neighbour_start and (epoch - a.neighbour_start) % a.neighbour_refresh == 0
         if a.neighbours == "model" and refresh:
-            neighbours = anchor_groups(model.latent_features(xtr), a.anchors, a.seed + epoch)
+            neighbours = anchor_groups(model.latent_features(xtr), a.anchors, a.seed + epoch, a.neighbour_k)
             model.net.train()
             note = f" neighbours from the model, purity {purity(neighbours, ltr, rng):.3f}"
         net.train()
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epoch {epoch + 1} {time.time() - t0:.1f}s val mAP@20 {score:.4f} distinct {st['distinct']} "
               f"imbalance {st['bit_imbalance']:.3f} corr {st['bit_abs_corr']:.3f} {losses}{note}", flush=True)
     result = {"tag": a.tag, "model": a.model, "bits": a.bits, "params": params, "lr": a.lr, "batch": a.batch,
-              "neighbours": a.neighbours, "neighbour_start": a.neighbour_start, "anchors": a.anchors,
+              "neighbours": a.neighbours, "neighbour_start": a.neighbour_start, "anchors": a.anchors, "neighbour_k": a.neighbour_k,
               "best_val": round(best[0], 4), "best_epoch": best[1], "curve": curve,
               "distinct": [s["distinct"] for s in stats], "seconds": round(time.time() - t_start)}
     print("RESULT " + json.dumps(result), flush=True)

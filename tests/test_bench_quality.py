@@ -243,3 +243,30 @@ def test_merge_combines_runs_split_by_method_and_by_code_length(tiny_run, tmp_pa
     Path(tmp_path / "c.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="not the same data"):
         merge_reports([paths[0], str(tmp_path / "c.json")], mcfg, "test")
+
+
+@pytest.mark.slow
+def test_method_train_layers_and_the_near_duplicate_override(tiny_run) -> None:
+    """train < {bench}_train < method_train < neardup_method_train (near-duplicates only), per method."""
+    from vhindex.benchdata.quality import _Runner
+    from vhindex.config import load_config
+    from vhindex.data import FrameDataset
+
+    cfg, _, tmp, _ = tiny_run
+    cfg = load_config("configs/bench/tiny.yaml", [
+        f"bench.work={cfg.bench.work}", "train.lr=0.5", "bench.fashion_train={epochs: 7}",
+        "bench.neardup_train={epochs: 9, batch_size: 8}",
+        "bench.method_train={gcmh: {epochs: 3, lr: 0.25}}", "bench.neardup_method_train={gcmh: {epochs: 5}}"])
+    runner = _Runner(cfg, lambda _: None, "test", engines=lambda _: (None, "local"))
+    urls = {b: {s: f"{cfg.bench.work}/{b}/features/{'train' if b == 'fashion' else 'all'}"
+                for s in ("train", "query", "database")} for b in ("fashion", "neardup")}
+
+    def train(bench: str, method: str) -> tuple:
+        c = runner._train_config(bench, seed=0, out_dir=str(tmp / "cfg"), urls=urls[bench],
+                                 ds=FrameDataset.open(urls[bench]["train"]), bits=16, method=method)
+        return c.train.epochs, c.train.lr, c.train.batch_size
+
+    assert train("fashion", "gcmh") == (3, 0.25, cfg.train.batch_size)
+    assert train("neardup", "gcmh") == (5, 0.25, 8)
+    assert train("fashion", "conmh") == (7, 0.5, cfg.train.batch_size)
+    assert train("neardup", "conmh") == (9, 0.5, 8)

@@ -8,7 +8,7 @@ import torch
 
 from vhindex.models import GCMH, ConMH, build_model, load_model, model_params
 from vhindex.models.contrastive import two_view_masks
-from vhindex.train.contrastive import AnchorNeighbours
+from vhindex.train.contrastive import AnchorKnnNeighbours, AnchorNeighbours
 
 
 def test_two_views_have_disjoint_sorted_visible_frames():
@@ -75,3 +75,31 @@ def test_anchor_neighbours_are_other_clips_at_the_same_anchor():
     assert seen[1] == {4} and seen[6] == {7}
     again = AnchorNeighbours(nearest).sample(np.arange(8), np.random.default_rng(5))
     assert np.array_equal(again, nb.sample(np.arange(8), np.random.default_rng(5)))  # seeded
+
+
+@pytest.mark.parametrize("block", [4096, 3])  # 3: groups larger than a block are searched in pieces
+def test_anchor_knn_neighbours_match_a_brute_force_search_within_each_group(block):
+    rng = np.random.default_rng(1)
+    n, d, k = 60, 5, 3
+    emb = rng.standard_normal((n, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    nearest = rng.integers(0, 6, n)
+    nearest[-1] = 6  # alone at its anchor
+    nearest[-3:-1] = 7  # a pair: one partner each
+    nb = AnchorKnnNeighbours(nearest, emb, k, block=block)
+    # oracle: for every clip, the k most similar *other* clips that share its anchor
+    want = {}
+    for i in range(n):
+        others = [j for j in range(n) if j != i and nearest[j] == nearest[i]]
+        others.sort(key=lambda j: -float(emb[i] @ emb[j]))
+        want[i] = set(others[:k]) or {i}
+    seen = {i: set() for i in range(n)}
+    for _ in range(200):
+        for i, r in enumerate(nb.sample(np.arange(n), rng)):
+            seen[i].add(int(r))
+    assert seen == want
+    assert seen[n - 1] == {n - 1} and seen[n - 2] == {n - 3} and seen[n - 3] == {n - 2}
+    with pytest.raises(ValueError, match="k must be"):
+        AnchorKnnNeighbours(nearest, emb, 0)
+    with pytest.raises(ValueError, match="rows"):
+        AnchorKnnNeighbours(nearest[:-1], emb, 2)

@@ -514,6 +514,10 @@ class BenchSection(_Section):
     method_train: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="`train` fields per learned method (e.g. {conmh: {lr: 1.0e-4}}), over the "
                                           "train section and the benchmark's fashion_train / neardup_train.")
+    neardup_method_train: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="`train` fields per learned method for the near-duplicate benchmark only, "
+                                          "over method_train (its few hundred videos give a few steps per epoch, and "
+                                          "it has no validation split to stop on).")
     frame_methods: list[str] = Field(default_factory=lambda: ["lsh", "itq"],
                                      description="Frame-level hashers of the UTS retrieval pipeline.")
     bits: list[int] = Field(default_factory=lambda: [16, 32, 64])

@@ -239,7 +239,8 @@ class _Runner:
         (``num_frames`` / ``feature_dim`` from the data), the ``train`` section with the benchmark's and the
         method's overrides, and ``graph.anchors`` scaled to the training set (:attr:`BenchSection.anchors_per_video`)."""
         d = self.cfg.model_dump(mode="json")
-        train = {**d["train"], **getattr(self.b, f"{bench}_train"), **self.b.method_train.get(method, {})}
+        train = {**d["train"], **getattr(self.b, f"{bench}_train"), **self.b.method_train.get(method, {}),
+                 **(self.b.neardup_method_train.get(method, {}) if bench == "neardup" else {})}
         n_train = FrameDataset.open(urls["train"]).num_videos
         # at least 2a anchors (the graph keeps a nearest anchors per video), at most one per video
         g = self.cfg.graph
@@ -278,6 +279,8 @@ class _Runner:
         settings = {"train": {**self.cfg.train.model_dump(mode="json"), **getattr(self.b, f"{bench}_train")},
                     "graph": self.cfg.graph.model_dump(mode="json"), "anchors_per_video": self.b.anchors_per_video,
                     "method_params": self.b.method_params, "method_train": self.b.method_train}
+        if bench == "neardup" and self.b.neardup_method_train:  # absent: the tag of the runs made before it existed
+            settings["neardup_method_train"] = self.b.neardup_method_train
         tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
         seed_dir = f"{self.work}/{bench}/models/{tag}/seed{seed}"
         graph = None
@@ -669,8 +672,9 @@ def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float, 
               + "".join(f"; {n} benchmark: {o}" for n, o in (("fashion", b.fashion_train), ("near-duplicate",
                                                                                       b.neardup_train)) if o)
               + f". UTS: top-N = {b.uts_top_n} frames per query frame."
-              + "".join(f" {m}: {b.method_params.get(m, {})}, train {b.method_train.get(m, {})}."
-                        for m in b.methods if m in ("conmh", "gcmh")), ""]
+              + "".join(f" {m}: {b.method_params.get(m, {})}, train {b.method_train.get(m, {})}"
+                        + (f", near-duplicate train {b.neardup_method_train[m]}" if m in b.neardup_method_train else "")
+                        + "." for m in b.methods if m in ("conmh", "gcmh")), ""]
     if out.fashion:
         info = out.info.get("fashion", {})
         ks = info.get("ks", b.ks)

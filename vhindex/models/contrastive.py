@@ -327,6 +327,8 @@ class GCMH(_MaskedContrastive):
         neighbour_source: ``"model"`` (self-distilled graph, rebuilt every epoch) or ``"features"``.
         neighbour_start: first epoch (0-based) with neighbour positives (``"model"``: the model must
             have learned something first).
+        neighbour_k: ``0``: the partner is any clip of the same anchor group; ``k > 0``: one of the
+            clip's ``k`` most similar members of its group (purer pairs; ``"model"`` source only).
         balance_weight: weight of the per-bit balance term.
         decorrelation_weight: weight of the bit-decorrelation term.
         device: where ``.net`` lives.
@@ -336,4 +338,4 @@ class GCMH(_MaskedContrastive):
     DEFAULTS = {"width": 256, "depth": 2, "heads": 4, "dec_width": 128, "dec_depth": 1, "dec_heads": 2,
                 "pooling": "attention", "dropout": 0.0, "mask_ratio": 0.5, "temperature": 0.3, "tau_plus": 0.1,
                 "contrast_weight": 1.0, "neighbour_weight": 1.0, "neighbour_source": "model", "neighbour_start": 3,
-                "balance_weight": 0.1, "decorrelation_weight": 0.1}
+                "neighbour_k": 0, "balance_weight": 0.1, "decorrelation_weight": 0.1}

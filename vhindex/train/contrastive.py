@@ -54,7 +54,7 @@ from vhindex.train.common import (
 )
 from vhindex.train.loop import TrainResult, run_training
 
-__all__ = ["CONTRASTIVE", "AnchorNeighbours", "model_neighbours", "uses_feature_graph", "build_neighbour_graph", "contrastive_step", "run_contrastive_recipe",
+__all__ = ["CONTRASTIVE", "AnchorKnnNeighbours", "AnchorNeighbours", "model_neighbours", "uses_feature_graph", "build_neighbour_graph", "contrastive_step", "run_contrastive_recipe",
            "train_contrastive", "train_contrastive_student", "write_pooled_embeddings"]
 
 logger = logging.getLogger(__name__)
@@ -94,8 +94,58 @@ class AnchorNeighbours:
         return rows
 
 
+class AnchorKnnNeighbours(AnchorNeighbours):
+    """A random one of each clip's ``k`` most similar clips *within its anchor group* (cosine of the
+    L2-normalised embeddings; the clip itself when it is alone there).
+
+    The anchor group alone pairs a clip with any of its members, many of them far from it (about two
+    pairs in three share a label on the fashion clips, docs/quality.md); its nearest members are
+    purer. Restricting the search to the group keeps the cost at ``sum(group size ** 2)`` -- never
+    N x N -- and the memory at N x k neighbour ids plus one group's similarities at a time (a group
+    larger than ``block`` rows is searched ``block`` query rows at a time).
+
+    Args:
+        nearest: ``(N,)`` nearest anchor of every training clip.
+        emb: ``(N, d)`` L2-normalised embeddings (the ones the anchors were fitted on).
+        k: neighbours kept per clip (fewer when the group is smaller than ``k + 1``).
+        block: query rows per similarity block.
+    """
+
+    def __init__(self, nearest: np.ndarray, emb: np.ndarray, k: int, block: int = 4096) -> None:
+        super().__init__(nearest)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.shape[0] != self.nearest.shape[0]:
+            raise ValueError(f"emb has {emb.shape[0]} rows but nearest has {self.nearest.shape[0]}")
+        n = len(self.nearest)
+        self.knn = np.tile(np.arange(n, dtype=np.int64)[:, None], (1, k))  # alone -> itself
+        self.count = np.ones(n, dtype=np.int64)
+        for lo, hi in zip(self.start, self.stop, strict=True):
+            members = self.order[lo:hi]
+            size = len(members)
+            if size < 2:
+                continue
+            kk = min(k, size - 1)
+            g = emb[members]
+            for b in range(0, size, block):
+                sims = g[b:b + block] @ g.T
+                rows = np.arange(sims.shape[0])
+                sims[rows, b + rows] = -np.inf  # never the clip itself
+                # the kk largest, most similar first; ties broken by group order (stable, deterministic)
+                top = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+                self.knn[members[b:b + block], :kk] = members[top]
+                self.count[members[b:b + block]] = kk
+
+    def sample(self, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One of the ``k`` nearest group members per position, uniformly."""
+        positions = np.asarray(positions, dtype=np.int64)
+        pick = rng.integers(0, self.count[positions])
+        return self.knn[positions, pick]
+
+
 def model_neighbours(model: Any, train: FrameDataset, anchors: int, *, seed: int, kmeans: Any,
-                     rows_per_chunk: int = 50_000, batch_size: int = 1024) -> AnchorNeighbours:
+                     rows_per_chunk: int = 50_000, batch_size: int = 1024, k: int = 0) -> AnchorNeighbours:
     """GCMH's self-distilled anchor graph: the anchors of the *current model's* embeddings of the training
     clips (:meth:`latent_features`: mean encoder state, every frame visible), k-means through the core
     graph machinery in this process (:func:`vhindex.graph.kmeans.fit_kmeans` on an
@@ -103,7 +153,9 @@ def model_neighbours(model: Any, train: FrameDataset, anchors: int, *, seed: int
 
     The model is the teacher of its own next epochs, as DKPH's teacher is of its student: its
     neighbours are far purer than the raw features' (docs/quality.md). Deterministic for the
-    weights and seed, so a resumed run rebuilds the same graph. Memory: N x width float32.
+    weights and seed, so a resumed run rebuilds the same graph. ``k > 0``: each clip's partners are its
+    ``k`` nearest members of its group (:class:`AnchorKnnNeighbours`) instead of the whole group.
+    Memory: N x width float32 (+ N x k ids).
     """
     from vhindex.graph.kmeans import fit_kmeans
     from vhindex.graph.sequential import ArrayChunkSource, SequentialExecutor
@@ -116,7 +168,7 @@ def model_neighbours(model: Any, train: FrameDataset, anchors: int, *, seed: int
     km = fit_kmeans(executor, min(anchors, len(emb)), seed=seed, n_iter=kmeans.n_iter, init=kmeans.init,
                     mode=kmeans.mode, tol=kmeans.tol)
     ids, _ = executor.nearest(km.centroids, 1)
-    return AnchorNeighbours(ids[:, 0])
+    return AnchorKnnNeighbours(ids[:, 0], emb, k) if k > 0 else AnchorNeighbours(ids[:, 0])
 
 
 def write_pooled_embeddings(train: FrameDataset, url: str, storage_options: dict[str, Any] | None,
@@ -213,7 +265,8 @@ def train_contrastive(cfg: Config, model: Any, train: FrameDataset, stage_url: s
         if self_graph and epoch >= r["neighbour_start"]:
             was_training = model.net.training
             current["neighbours"] = model_neighbours(model, train, cfg.graph.anchors, seed=cfg.run.seed + epoch,
-                                                     kmeans=cfg.graph.kmeans, rows_per_chunk=cfg.graph.rows_per_chunk)
+                                                     kmeans=cfg.graph.kmeans, rows_per_chunk=cfg.graph.rows_per_chunk,
+                                                     k=r.get("neighbour_k", 0))
             model.net.train(was_training)
         return np.random.default_rng([cfg.run.seed, epoch, 3])
 
