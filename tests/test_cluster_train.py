@@ -260,7 +260,9 @@ def test_ray_storage_and_paths(tmp_path, monkeypatch, private_ray):  # "auto" = 
 # ------------------------------------------------------------------------------ contrastive models
 
 TINY_GCMH = ["model.name=gcmh", "model.bits=16",
-             "model.params={num_frames: 8, feature_dim: 64, width: 32, depth: 1, heads: 2, dec_width: 16}",
+             # its own anchor count and within-group kNN partners: the rebuilt graph must resume exactly too
+             "model.params={num_frames: 8, feature_dim: 64, width: 32, depth: 1, heads: 2, dec_width: 16, "
+             "neighbour_anchors: 6, neighbour_k: 2}",
              "train.batch_size=32", "train.lr=1.0e-3", "train.backend=local"]
 
 

@@ -329,6 +329,8 @@ class GCMH(_MaskedContrastive):
             have learned something first).
         neighbour_k: ``0``: the partner is any clip of the same anchor group; ``k > 0``: one of the
             clip's ``k`` most similar members of its group (purer pairs; ``"model"`` source only).
+        neighbour_anchors: anchors of the self-distilled graph (``"model"`` source); ``0``: the
+            config's ``graph.anchors``.
         balance_weight: weight of the per-bit balance term.
         decorrelation_weight: weight of the bit-decorrelation term.
         device: where ``.net`` lives.
@@ -338,4 +340,4 @@ class GCMH(_MaskedContrastive):
     DEFAULTS = {"width": 256, "depth": 2, "heads": 4, "dec_width": 128, "dec_depth": 1, "dec_heads": 2,
                 "pooling": "attention", "dropout": 0.0, "mask_ratio": 0.5, "temperature": 0.3, "tau_plus": 0.1,
                 "contrast_weight": 1.0, "neighbour_weight": 1.0, "neighbour_source": "model", "neighbour_start": 3,
-                "neighbour_k": 0, "balance_weight": 0.1, "decorrelation_weight": 0.1}
+                "neighbour_k": 0, "neighbour_anchors": 0, "balance_weight": 0.1, "decorrelation_weight": 0.1}

@@ -366,14 +366,23 @@ class BestEpoch:
     The validation split must be carved from the training data (never the test query / database):
     ``vhindex bench quality`` carves it from the labelled training clips.
 
+    With ``state_url`` the selection survives a kill: the curve (``selection.json``) is written after every
+    epoch and the best weights (``best.pt``) whenever they improve, and a new instance on the same folder
+    picks both up, so a resumed run chooses among *all* its epochs, as one that never stopped does. An
+    epoch evaluated but not checkpointed before the kill is dropped from the curve and evaluated again
+    when the loop re-runs it (training resumes exactly, so it scores the same).
+
     Args:
         model: the HashModel being trained (its ``.net`` is what the loop optimises).
         query: validation queries (with labels).
         database: validation database (with labels).
         k: mAP@k.
+        state_url: folder for the selection state (None: in memory only).
+        storage_options: fsspec options of ``state_url``.
     """
 
-    def __init__(self, model: Any, query: FrameDataset, database: FrameDataset, k: int = 20) -> None:
+    def __init__(self, model: Any, query: FrameDataset, database: FrameDataset, k: int = 20,
+                 state_url: str | None = None, storage_options: dict[str, Any] | None = None) -> None:
         self.model, self.query, self.database, self.k = model, query, database, k
         n = max(query.meta.num_classes or 0, database.meta.num_classes or 0)
         self.q_labels, self.db_labels = query.read_labels_multi_hot(n), database.read_labels_multi_hot(n)
@@ -381,10 +390,31 @@ class BestEpoch:
         self.stats: list[dict[str, Any]] = []
         self.best_epoch, self.best_score = -1, float("-inf")
         self._state: dict[str, torch.Tensor] | None = None
+        self._fs = self._root = None
+        if state_url is not None:
+            self._fs, self._root = vfs.url_to_fs(state_url, storage_options)
+            path = vfs.join(self._fs, self._root, "selection.json")
+            if self._fs.exists(path):
+                saved = vfs.read_json(self._fs, path)
+                if saved.get("k") != k:
+                    raise ValueError(f"{vfs.unstrip(self._fs, path)}: selection state for mAP@{saved.get('k')}, "
+                                     f"not mAP@{k}; use a new run folder")
+                self.curve, self.stats = list(saved["curve"]), list(saved["stats"])
+                self.best_epoch, self.best_score = int(saved["best_epoch"]), float(saved["best_score"])
+
+    def _best_path(self) -> str:
+        return vfs.join(self._fs, self._root, "best.pt")
 
     def __call__(self, _net: Any, epoch: int) -> dict[str, float]:
         from vhindex.inprocess import encode_in_memory
 
+        if len(self.curve) > epoch:  # epochs evaluated before a kill, not checkpointed: they run again
+            del self.curve[epoch:], self.stats[epoch:]
+            if self.best_epoch >= epoch:
+                # its weights are re-made when the loop re-runs that epoch (same score, exact resume)
+                self.best_epoch = int(np.argmax(self.curve)) if self.curve else -1
+                self.best_score = self.curve[self.best_epoch] if self.curve else float("-inf")
+                self._state = None
         _, qc = encode_in_memory(self.model, self.query)
         _, dc = encode_in_memory(self.model, self.database)
         score = float(evaluate(dc, qc, self.db_labels, self.q_labels, ks=[self.k], protocol="paper", pr=False,
@@ -396,12 +426,35 @@ class BestEpoch:
         if score > self.best_score:
             self.best_epoch, self.best_score = epoch, score
             self._state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
+            if self._fs is not None:
+                import io
+
+                buf = io.BytesIO()
+                torch.save({"epoch": epoch, "model": self._state}, buf)
+                vfs.write_bytes_atomic(self._fs, self._best_path(), buf.getvalue())
+        if self._fs is not None:  # after best.pt: the curve never names a best epoch whose weights are missing
+            vfs.write_json_atomic(self._fs, vfs.join(self._fs, self._root, "selection.json"), {
+                "k": self.k, "curve": self.curve, "stats": self.stats, "best_epoch": self.best_epoch,
+                "best_score": self.best_score})
         return {f"val_map@{self.k}": score}
 
     def restore(self) -> None:
-        """Load the best epoch's weights into the model (no-op before any evaluation)."""
-        if self._state is not None:
-            self.model.net.load_state_dict(self._state)
+        """Load the best epoch's weights into the model (no-op before any evaluation).
+
+        Raises:
+            ValueError: the saved best weights are not those of the best epoch (the run was cut short of an
+                epoch it had evaluated before a kill).
+        """
+        state = self._state
+        if state is None and self._fs is not None and self.best_epoch >= 0 and self._fs.exists(self._best_path()):
+            with self._fs.open(self._best_path(), "rb") as f:
+                saved = torch.load(f, map_location="cpu", weights_only=True)
+            if int(saved["epoch"]) != self.best_epoch:
+                raise ValueError(f"{vfs.unstrip(self._fs, self._best_path())} holds epoch {saved['epoch'] + 1}, "
+                                 f"not the best epoch {self.best_epoch + 1}; train on to the epochs run before")
+            state = saved["model"]
+        if state is not None:
+            self.model.net.load_state_dict(state)
 
     def summary(self) -> dict[str, Any]:
         """``{"best_epoch" (1-based), "best_val", "curve", "code_stats"}`` (one entry per epoch)."""

@@ -264,7 +264,10 @@ def train_contrastive(cfg: Config, model: Any, train: FrameDataset, stage_url: s
         # (restored from the checkpoint on resume): exact resume, at the cost of one encoding pass + k-means.
         if self_graph and epoch >= r["neighbour_start"]:
             was_training = model.net.training
-            current["neighbours"] = model_neighbours(model, train, cfg.graph.anchors, seed=cfg.run.seed + epoch,
+            # GCMH's own anchor count (neighbour_anchors) when set: its groups trade purity for variety on
+            # their own, apart from the teacher graph's graph.anchors (docs/quality.md)
+            anchors = r.get("neighbour_anchors") or cfg.graph.anchors
+            current["neighbours"] = model_neighbours(model, train, anchors, seed=cfg.run.seed + epoch,
                                                      kmeans=cfg.graph.kmeans, rows_per_chunk=cfg.graph.rows_per_chunk,
                                                      k=r.get("neighbour_k", 0))
             model.net.train(was_training)
@@ -357,7 +360,8 @@ def train_contrastive_student(cfg: Config, datasets: dict[str, FrameDataset] | N
     torch.manual_seed(cfg.run.seed)
     model = build_model(kind, cfg.model.bits, device=device, **params)
     partners = PartnerFrames(train, t.partner_cache_bytes) if neighbours is not None else None
-    selector = BestEpoch(model, *validation) if validation is not None else None
+    selector = BestEpoch(model, *validation, state_url=f"{stage}/select", storage_options=so) \
+        if validation is not None else None
     result = train_contrastive(cfg, model, train, stage, neighbours=neighbours, partner_frames=partners,
                                eval_fn=selector, progress=progress, **loop_kwargs)
     extra = {}

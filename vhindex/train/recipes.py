@@ -267,7 +267,7 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
 
     eval_fn, eval_every, selector = None, t.eval_every, None
     if validation is not None:
-        selector = eval_fn = BestEpoch(model, *validation)
+        selector = eval_fn = BestEpoch(model, *validation, state_url=f"{stage}/select", storage_options=so)
         eval_every = 1
     elif t.eval_every:
         def eval_fn(_net, _epoch):  # noqa: ANN001
