@@ -243,6 +243,23 @@ def test_merge_combines_runs_split_by_method_and_by_code_length(tiny_run, tmp_pa
     Path(tmp_path / "c.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match="not the same data"):
         merge_reports([paths[0], str(tmp_path / "c.json")], mcfg, "test")
+    # runs split by seed: --combine adds the later file's seed to the cell instead of replacing it
+    seed1 = copy.deepcopy(full)
+    seed1["fashion"] = {"conmh": {lo: copy.deepcopy(full["fashion"]["conmh"][lo])}}
+    seed1["fashion"]["conmh"][lo]["paper"]["20"] = [0.321]
+    seed1["neardup"] = {}
+    seed1["info"]["fashion"]["selection"] = {"conmh": {lo: {"1": full["info"]["fashion"]["selection"]["conmh"][lo]["0"]}}}
+    Path(tmp_path / "s1.json").write_text(json.dumps(seed1))
+    Path(tmp_path / "full.json").write_text(json.dumps(full))
+    both = merge_reports([str(tmp_path / "full.json"), str(tmp_path / "s1.json")], mcfg, "test", combine_rows=["conmh"])
+    assert both.fashion["conmh"][int(lo)]["paper"][20] == full["fashion"]["conmh"][lo]["paper"]["20"] + [0.321]
+    assert len(both.fashion["conmh"][int(lo)]["paper"][5]) == 2  # every K gained the seed
+    assert sorted(both.info["fashion"]["selection"]["conmh"][lo]) == ["0", "1"]
+    assert both.fashion["lsh"] == {int(b): _int_keys(c) for b, c in full["fashion"]["lsh"].items()}  # not combined
+    replaced = merge_reports([str(tmp_path / "full.json"), str(tmp_path / "s1.json")], mcfg, "test")
+    assert replaced.fashion["conmh"][int(lo)]["paper"][20] == [0.321]  # without --combine the later cell wins
+    with pytest.raises(ValueError, match=r"seed\(s\) \['0'\]"):
+        merge_reports([str(tmp_path / "full.json")] * 2, mcfg, "test", combine_rows=["conmh"])
 
 
 @pytest.mark.slow

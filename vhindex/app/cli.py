@@ -331,7 +331,9 @@ def cmd_bench_merge(args: argparse.Namespace) -> int:
     from vhindex.benchdata.quality import merge_reports
 
     cfg = _config(args)
-    merge_reports(args.parts, cfg, command="vhindex bench merge " + " ".join(args.parts))
+    combine = [r for r in (args.combine or "").split(",") if r]
+    merge_reports(args.parts, cfg, command="vhindex bench merge " + " ".join(args.parts)
+                  + (f" --combine {args.combine}" if combine else ""), combine_rows=combine)
     print(f"merged {len(args.parts)} result files into {cfg.bench.report}")
     return 0
 
@@ -487,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = bsub.add_parser("merge", help="merge the results.json of several runs (e.g. one per method) into one report "
                                       "(at bench.report of --config)")
     c.add_argument("parts", nargs="+", metavar="RESULTS_JSON", help="result files, later ones win per row")
+    c.add_argument("--combine", help="comma-separated rows (e.g. conmh) whose cells add a later file's seeds to "
+                                     "the earlier ones instead of being replaced (runs split by seed)")
     c.add_argument("--config", default="configs/bench/quality.yaml", help="for bench.report and the settings lines")
     c.set_defaults(func=cmd_bench_merge, overrides=[])
 

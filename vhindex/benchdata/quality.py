@@ -519,12 +519,19 @@ class _Runner:
         return text
 
 
-def merge_reports(parts: Sequence[str], cfg: Config, command: str) -> BenchOutcome:
+def merge_reports(parts: Sequence[str], cfg: Config, command: str, combine_rows: Sequence[str] = ()) -> BenchOutcome:
     """Merge ``results.json`` files of runs over the same benchmark data (e.g. one process per method) into the
     report at ``cfg.bench.report`` (markdown, JSON, plots): cells are merged per (method row, code length), a later
     file's cell winning (so runs split by method or by code length combine); timings and selections are combined.
+
+    ``combine_rows``: rows whose cells *add* a later file's seeds to the earlier ones instead of being replaced
+    (runs split by seed). A fashion cell of such a row whose seed the earlier files' selection records already
+    hold raises ``ValueError`` (the same seed twice); near-duplicate cells carry no per-seed record and are
+    appended unchecked.
+
     Raises ``ValueError`` when two files hold different benchmark data (spec or video counts)."""
     merged = BenchOutcome()
+    combine = set(combine_rows)
     for path in parts:
         obj = json.loads(Path(path).read_text())
         for bench in ("fashion", "neardup"):
@@ -537,13 +544,27 @@ def merge_reports(parts: Sequence[str], cfg: Config, command: str) -> BenchOutco
                     raise ValueError(f"{path}: its {bench} {key} differs from the files before it; not the same data")
             selection = {**mine.get("selection", {})}
             for method, per_bits in info.get("selection", {}).items():
-                selection.setdefault(method, {}).update(per_bits)
+                for bits, per_seed in per_bits.items():
+                    earlier = selection.setdefault(method, {}).setdefault(bits, {})
+                    if method in combine:
+                        twice = sorted(set(earlier) & set(per_seed))
+                        if twice:
+                            raise ValueError(f"{path}: {bench} {method} at {bits} bits has seed(s) {twice} that an "
+                                             "earlier file already holds; combine runs of other seeds only")
+                        earlier.update(per_seed)
+                    else:
+                        selection[method][bits] = dict(per_seed)
             mine.update(info)
             if selection:
                 mine["selection"] = selection
             rows = getattr(merged, bench)
             for row, cells in obj.get(bench, {}).items():
-                rows.setdefault(row, {}).update({int(bits): _int_keys(cell) for bits, cell in cells.items()})
+                for bits, cell in cells.items():
+                    cell, have = _int_keys(cell), rows.setdefault(row, {})
+                    if row in combine and int(bits) in have:
+                        _append_cell(have[int(bits)], cell)
+                    else:
+                        have[int(bits)] = cell
         for step, sec in obj.get("timings", {}).items():
             merged.timings[step] = merged.timings.get(step, 0.0) + float(sec)
     report = Path(cfg.bench.report)
@@ -553,6 +574,16 @@ def merge_reports(parts: Sequence[str], cfg: Config, command: str) -> BenchOutco
     if cfg.bench.plots:
         write_plots(merged, report.parent / report.stem)
     return merged
+
+
+def _append_cell(into: dict[str, Any], cell: dict[str, Any]) -> None:
+    """Append ``cell``'s per-seed values to ``into`` (same metrics), in place."""
+    for metric, values in cell.items():
+        if isinstance(values, dict):
+            for k, vs in values.items():
+                into.setdefault(metric, {}).setdefault(k, []).extend(vs)
+        else:
+            into.setdefault(metric, []).extend(values)
 
 
 def carve_validation(train_url: str, out: str, n_query: int, n_database: int, seed: int = 0) -> dict[str, str]:
