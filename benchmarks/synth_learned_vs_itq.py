@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -35,6 +34,15 @@ def run_seed(seed: int, out: Path, model: str, bits: list[int], extra: list[str]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     return time.perf_counter() - t0
+
+
+def machine() -> str:
+    """CPU model and core count, for the report (``bench_milvus.machine_info``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_milvus import machine_info
+
+    info = machine_info()
+    return f"{info['cpu']}, {info['cpus']} cores"
 
 
 def cell(values: list[float]) -> str:
@@ -63,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ks = sorted(int(k) for k in results[a.seeds[0]][f"itq-{a.bits[0]}"]["map_at_k"])
     protocol = results[a.seeds[0]][f"itq-{a.bits[0]}"]["protocol"]
     lines = [f"# {a.model.upper()} vs ITQ on the synthetic demo preset", "",
-             f"{date.today().isoformat()}, {platform.machine()} {platform.processor() or ''} "
-             f"({len(a.seeds)} seeds: {a.seeds}); mAP@K, {protocol} protocol, mean ± sample std over seeds.", "",
+             f"{date.today().isoformat()}, {machine()}; {len(a.seeds)} seeds {a.seeds}; mAP@K, {protocol} "
+             "protocol, mean ± sample std over seeds.", "",
              "Command: `.venv/bin/python benchmarks/synth_learned_vs_itq.py "
              + " ".join(["--seeds", *map(str, a.seeds), "--bits", *map(str, a.bits), "--model", a.model,
                          *a.overrides]) + "`", "",
