@@ -3,6 +3,8 @@ its checkpoint chooses among all its epochs and restores the same weights as a r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +70,7 @@ def test_best_epoch_resumes_its_curve_and_weights_after_a_kill(tmp_path, split):
         assert len(resumed.curve) == killed_after + 2
         _run(resumed, model, range(killed_after + 1, epochs))
         assert resumed.summary() == want, killed_after
+        assert [p.name for p in Path(state).glob("best-*.pt")] == [f"best-{want['best_epoch'] - 1:05d}.pt"]
         model.net.load_state_dict(_weights(epochs - 1))  # the last epoch's weights, as the loop leaves them
         resumed._state = None  # what a resumed process has when the best epoch came before the kill
         resumed.restore()

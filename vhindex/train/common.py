@@ -366,11 +366,12 @@ class BestEpoch:
     The validation split must be carved from the training data (never the test query / database):
     ``vhindex bench quality`` carves it from the labelled training clips.
 
-    With ``state_url`` the selection survives a kill: the curve (``selection.json``) is written after every
-    epoch and the best weights (``best.pt``) whenever they improve, and a new instance on the same folder
-    picks both up, so a resumed run chooses among *all* its epochs, as one that never stopped does. An
-    epoch evaluated but not checkpointed before the kill is dropped from the curve and evaluated again
-    when the loop re-runs it (training resumes exactly, so it scores the same).
+    With ``state_url`` the selection survives a kill: the best weights go to ``best-<epoch>.pt`` whenever
+    they improve, then the curve to ``selection.json`` after every epoch (older best files are deleted
+    after it), and a new instance on the same folder picks both up, so a resumed run chooses among *all*
+    its epochs, as one that never stopped does. An epoch evaluated but not checkpointed before the kill
+    is dropped from the curve and evaluated again when the loop re-runs it; if it was the best, the
+    re-run takes its place (training resumes exactly, so it scores the same).
 
     Args:
         model: the HashModel being trained (its ``.net`` is what the loop optimises).
@@ -402,19 +403,16 @@ class BestEpoch:
                 self.curve, self.stats = list(saved["curve"]), list(saved["stats"])
                 self.best_epoch, self.best_score = int(saved["best_epoch"]), float(saved["best_score"])
 
-    def _best_path(self) -> str:
-        return vfs.join(self._fs, self._root, "best.pt")
+    def _best_path(self, epoch: int) -> str:
+        return vfs.join(self._fs, self._root, f"best-{epoch:05d}.pt")
 
     def __call__(self, _net: Any, epoch: int) -> dict[str, float]:
         from vhindex.inprocess import encode_in_memory
 
         if len(self.curve) > epoch:  # epochs evaluated before a kill, not checkpointed: they run again
             del self.curve[epoch:], self.stats[epoch:]
-            if self.best_epoch >= epoch:
-                # its weights are re-made when the loop re-runs that epoch (same score, exact resume)
-                self.best_epoch = int(np.argmax(self.curve)) if self.curve else -1
-                self.best_score = self.curve[self.best_epoch] if self.curve else float("-inf")
-                self._state = None
+            if self.best_epoch >= epoch:  # its weights are re-made by the re-run (same score, exact resume)
+                self.best_epoch, self.best_score, self._state = -1, float("-inf"), None
         _, qc = encode_in_memory(self.model, self.query)
         _, dc = encode_in_memory(self.model, self.database)
         score = float(evaluate(dc, qc, self.db_labels, self.q_labels, ks=[self.k], protocol="paper", pr=False,
@@ -430,29 +428,24 @@ class BestEpoch:
                 import io
 
                 buf = io.BytesIO()
-                torch.save({"epoch": epoch, "model": self._state}, buf)
-                vfs.write_bytes_atomic(self._fs, self._best_path(), buf.getvalue())
-        if self._fs is not None:  # after best.pt: the curve never names a best epoch whose weights are missing
+                torch.save(self._state, buf)
+                vfs.write_bytes_atomic(self._fs, self._best_path(epoch), buf.getvalue())
+        if self._fs is not None:  # after the weights: the curve never names a best epoch whose file is missing
             vfs.write_json_atomic(self._fs, vfs.join(self._fs, self._root, "selection.json"), {
                 "k": self.k, "curve": self.curve, "stats": self.stats, "best_epoch": self.best_epoch,
                 "best_score": self.best_score})
+            keep = self._best_path(self.best_epoch)
+            for path in self._fs.glob(vfs.join(self._fs, self._root, "best-*.pt")):
+                if path.rstrip("/").split("/")[-1] != keep.rstrip("/").split("/")[-1]:
+                    self._fs.rm(path)
         return {f"val_map@{self.k}": score}
 
     def restore(self) -> None:
-        """Load the best epoch's weights into the model (no-op before any evaluation).
-
-        Raises:
-            ValueError: the saved best weights are not those of the best epoch (the run was cut short of an
-                epoch it had evaluated before a kill).
-        """
+        """Load the best epoch's weights into the model (no-op before any evaluation)."""
         state = self._state
-        if state is None and self._fs is not None and self.best_epoch >= 0 and self._fs.exists(self._best_path()):
-            with self._fs.open(self._best_path(), "rb") as f:
-                saved = torch.load(f, map_location="cpu", weights_only=True)
-            if int(saved["epoch"]) != self.best_epoch:
-                raise ValueError(f"{vfs.unstrip(self._fs, self._best_path())} holds epoch {saved['epoch'] + 1}, "
-                                 f"not the best epoch {self.best_epoch + 1}; train on to the epochs run before")
-            state = saved["model"]
+        if state is None and self._fs is not None and self.best_epoch >= 0:
+            with self._fs.open(self._best_path(self.best_epoch), "rb") as f:
+                state = torch.load(f, map_location="cpu", weights_only=True)
         if state is not None:
             self.model.net.load_state_dict(state)
 
