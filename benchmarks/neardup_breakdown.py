@@ -85,7 +85,7 @@ def main() -> None:
                 pairs.add(frozenset((g, og)))
     hard = set().union(*pairs) if pairs else set()
     keep = ok & ~np.isin(groups, list(hard))
-    lines += ["", f"Hard-negative pairs (each one's errors mostly the other's videos): "
+    lines += ["", "Hard-negative pairs (each one's errors mostly the other's videos): "
               + (", ".join(" / ".join(sorted(fam_of_group[g] for g in p)) for p in pairs) or "none") + ".", "",
               f"- mAP without those families: **{aps[keep].mean():.4f}** ({int(keep.sum())} queries).",
               f"- mAP if they were ranked perfectly: **{np.where(np.isin(groups, list(hard)), 1.0, aps)[ok].mean():.4f}**."]

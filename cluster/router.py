@@ -20,14 +20,16 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["AdaptiveBatcher", "BatchRequest", "FanOut", "Query", "QueryResolver", "RequestError", "RequestGate",
-           "SearchRequest", "VersionNotLoaded", "hits"]
+__all__ = ["AdaptiveBatcher", "BatchRequest", "ErrorBody", "FanOut", "Query", "QueryResolver", "RequestError",
+           "RequestGate", "SearchRequest", "VersionNotLoaded", "VideoUrlRequest", "check_video_url", "hits",
+           "json_depth"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,20 @@ class BatchRequest(BaseModel):
     k: int = 10
 
 
+class VideoUrlRequest(BaseModel):
+    """``POST /search/video`` JSON body: a video the service reads itself (``serve.video_url_prefixes``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, max_length=4096, description="fsspec URL under an allowed prefix")
+    k: int = Field(10, description="neighbours to return")
+
+
+class ErrorBody(BaseModel):
+    """Body of every non-2xx answer of the service."""
+
+    error: str = Field(description="what was wrong, naming the field or limit")
+
+
 class RequestError(Exception):
     """A client error: HTTP ``status`` with a message naming what was wrong."""
 
@@ -91,6 +107,7 @@ class RequestGate:
 
     def __init__(self, settings: Any, token_sha256: str | None = None) -> None:
         self.max_body_bytes, self.max_k, self.max_batch = settings.max_body_bytes, settings.max_k, settings.max_batch
+        self.max_json_depth = int(getattr(settings, "max_json_depth", 16))
         self.token_sha256 = token_sha256
 
     def check_auth(self, headers: Mapping[str, str]) -> None:
@@ -112,6 +129,10 @@ class RequestGate:
         """The validated ``model`` of a JSON body: 413 too large, 400 not JSON, 422 invalid (fields named)."""
         if len(raw) > self.max_body_bytes:
             raise RequestError(413, f"request body of {len(raw)} bytes exceeds the limit of {self.max_body_bytes} bytes")
+        depth = json_depth(raw)
+        if depth > self.max_json_depth:
+            raise RequestError(400, f"malformed JSON body: nested {depth} levels deep, more than the limit of "
+                                    f"{self.max_json_depth}")
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -134,6 +155,43 @@ class RequestGate:
         """At most ``max_batch`` queries in one request (400 otherwise)."""
         if n > self.max_batch:
             raise RequestError(400, f"at most {self.max_batch} queries per batch, got {n}")
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest ``[`` / ``{`` nesting of a JSON text, brackets inside strings not counted.
+
+    Checked before parsing, so a hostile body (``[[[[...``) is refused in linear time without the
+    parser's recursion. Malformed text gets some number; the parser then reports it.
+    """
+    if not raw:
+        return 0
+    if isinstance(raw, str):
+        raw = raw.encode()
+    text = _JSON_STRING.sub(b'""', raw)
+    b = np.frombuffer(text, dtype=np.uint8)
+    step = (np.isin(b, (0x5B, 0x7B)).astype(np.int32) - np.isin(b, (0x5D, 0x7D)).astype(np.int32))
+    return int(max(0, np.cumsum(step).max())) if len(step) else 0
+
+
+_URL_PARENT = re.compile(r"(^|/)\.\.?(/|$)")
+
+
+def check_video_url(url: str, prefixes: list[str]) -> None:
+    """Raise :class:`RequestError` 403 unless ``url`` lies under one of ``prefixes``.
+
+    The service reads only what its operator allowed: no prefix means no URL at all; ``.``/``..``
+    segments and backslashes are refused outright (they could step out of an allowed prefix).
+    """
+    if not prefixes:
+        raise RequestError(403, "url: this service reads no URLs (serve.video_url_prefixes is empty); upload the "
+                                "video bytes instead")
+    if "\\" in url or _URL_PARENT.search(url.split("://", 1)[-1]) or any(ord(c) < 32 for c in url):
+        raise RequestError(403, f"url: {url!r} has '.' / '..' segments, backslashes or control characters")
+    if not any(url.startswith(p) for p in prefixes):
+        raise RequestError(403, f"url: {url!r} is not under an allowed prefix (serve.video_url_prefixes: {prefixes})")
 
 
 # ------------------------------------------------------------------------------------ query -> code

@@ -45,7 +45,7 @@ from pydantic import BaseModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaptiveBatcher", "EncoderServer", "IndexShardServer", "Router", "build_app", "deploy", "direct_endpoints",
+__all__ = ["AdaptiveBatcher", "EncoderServer", "IndexShardServer", "Router", "VideoEncoderServer", "build_app", "deploy", "direct_endpoints",
            "proxy_url", "reachable_host", "serve_cluster_env", "service_url"]
 
 from ray import serve  # noqa: E402  (cluster.* may import Ray; vhindex.* never does)
@@ -54,18 +54,24 @@ from cluster.dataplane import DataPlaneClient, DataPlaneError, RemoteShardError,
 from cluster.router import (  # noqa: E402
     AdaptiveBatcher,
     BatchRequest,
+    ErrorBody,
     FanOut,
     QueryResolver,
     RequestError,
     RequestGate,
     SearchRequest,
     VersionNotLoaded,
+    VideoUrlRequest,
+    check_video_url,
     hits,
 )
 
 try:  # FastAPI ships with ray[serve]
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as err:  # pragma: no cover
     raise ImportError("cluster.serve needs ray[serve] (pip install -c constraints.txt 'vhindex[ray]')") from err
 
@@ -222,15 +228,164 @@ class EncoderServer:
         return await asyncio.to_thread(self.model.encode_packed, features)
 
 
+class VideoEncoderServer:
+    """Video bytes or an allowed URL -> packed code: PyAV decoding, the backbone, the index's model.
+
+    The same sampling, crop, backbone and dtype as ``vhindex extract`` (the settings must be the ones the
+    model's training features were made with), so an uploaded file gets the code the batch path gives
+    it. Problems with the video (undecodable, truncated to nothing, too long) come back as
+    ``{"status": 4xx, "error": ...}`` -- the extraction job's reasons -- never as exceptions.
+
+    Args:
+        model_url: the saved model that made the indexed codes.
+        storage_options: fsspec options (model and video URLs).
+        settings: the :class:`vhindex.config.ServeSection` fields as a dict (``video_*``, ``max_video_seconds``).
+    """
+
+    def __init__(self, model_url: str, storage_options: dict[str, Any] | None, settings: dict[str, Any]) -> None:
+        import torch
+
+        from vhindex.features import FrameFeatureExtractor
+        from vhindex.models import load_model
+
+        torch.set_num_threads(int(settings["video_threads"]))
+        self.model = load_model(model_url, storage_options)
+        self.storage_options = storage_options
+        self.prefixes = list(settings.get("video_url_prefixes") or [])
+        self.max_seconds = float(settings["max_video_seconds"])
+        self.extractor = FrameFeatureExtractor(
+            settings["video_backbone"], weights=settings.get("video_weights"), num_frames=self.model.num_frames,
+            image_size=settings.get("video_image_size"), device="auto", dtype=settings["video_dtype"],
+            batch_frames=max(256, self.model.num_frames), decode_workers=0, threads=int(settings["video_threads"]),
+            storage_options=storage_options, runtime=settings["video_runtime"])
+        if self.extractor.feature_dim != self.model.feature_dim:
+            raise ValueError(f"serve.video_backbone {settings['video_backbone']} gives {self.extractor.feature_dim}-d "
+                             f"features; the model {model_url} takes {self.model.feature_dim}-d ones")
+
+    def info(self) -> dict[str, Any]:
+        """The extractor's description (what the features depend on) and its runtime."""
+        return {**self.extractor.describe(), "runtime": self.extractor.runtime, "device": str(self.extractor.device)}
+
+    async def encode_video(self, video: bytes | str) -> dict[str, Any]:
+        """``{"code": bytes, "decode_ms", "features_ms", "encode_ms", "decoded_frames", "duration_s"}`` or
+        ``{"status", "error"}`` (off the event loop: decoding and the CNN release the GIL)."""
+        return await asyncio.to_thread(self._encode, video)
+
+    def _encode(self, video: bytes | str) -> dict[str, Any]:
+        import io
+
+        from vhindex.features import VideoDecodeError, probe_video, sample_frames
+
+        t0 = time.perf_counter()
+        if isinstance(video, str):
+            try:  # checked by the router too; a replica never trusts its caller with paths
+                check_video_url(video, self.prefixes)
+            except RequestError as err:
+                return {"status": err.status, "error": err.message}
+            name = video
+
+            def source() -> Any:
+                return video
+        else:
+            name = f"the uploaded video ({len(video)} bytes)"
+
+            def source() -> Any:
+                return io.BytesIO(video)
+        try:
+            head = probe_video(source(), self.storage_options)
+            if head["duration"] is not None and head["duration"] > self.max_seconds:
+                return {"status": 422, "error": f"video: {name} lasts {head['duration']:.1f} s, more than "
+                                               f"serve.max_video_seconds = {self.max_seconds:g} s"}
+            sampled = sample_frames(source(), self.extractor.num_frames, size=self.extractor.image_size,
+                                    storage_options=self.storage_options, min_frames=self.extractor.min_frames)
+        except VideoDecodeError as err:
+            detail = f" ({err.detail})" if err.detail else ""
+            return {"status": 422, "error": f"video: cannot sample frames from {name}: {err.reason}{detail}"}
+        t1 = time.perf_counter()
+        with np.errstate(over="ignore"):
+            feats = self.extractor._forward(sampled.frames).astype(self.extractor.dtype)
+        if not np.isfinite(feats).all():
+            return {"status": 422, "error": f"video: non-finite features from {name} (non_finite)"}
+        t2 = time.perf_counter()
+        code = self.model.encode_packed(feats[None])[0]
+        t3 = time.perf_counter()
+        return {"code": code.tobytes(), "decode_ms": 1000 * (t1 - t0), "features_ms": 1000 * (t2 - t1),
+                "encode_ms": 1000 * (t3 - t2), "decoded_frames": int(sampled.decoded_frames),
+                "duration_s": sampled.duration_s, "truncated": sampled.decode_error is not None}
+
+
 # ---------------------------------------------------------------------------------------- the router
 
 
 app = FastAPI(title="vhindex", description="Hamming top-k over learned binary video codes")
 
 
+# One error contract: every non-2xx answer is {"error": "<message>"}, including the ones FastAPI and
+# Starlette make themselves (unknown path 404, wrong method 405) and anything unexpected (500).
 @app.exception_handler(RequestError)
 async def _request_error(request: Request, err: RequestError) -> JSONResponse:
     return JSONResponse({"error": err.message}, status_code=err.status)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    message = {404: f"no such endpoint: {request.method} {request.url.path}",
+               405: f"method {request.method} is not allowed on {request.url.path}"}.get(err.status_code, str(err.detail))
+    return JSONResponse({"error": message}, status_code=err.status_code, headers=getattr(err, "headers", None))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors())
+    return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
+
+
+@app.exception_handler(Exception)
+async def _internal_error(request: Request, err: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"error": f"internal error ({type(err).__name__}); see the service log"}, status_code=500)
+
+
+def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of an endpoint's error statuses (all share :class:`ErrorBody`)."""
+    words = {400: "bad request (field named)", 401: "missing or wrong bearer token", 403: "URL not allowed",
+             404: "unknown video id or endpoint", 405: "method not allowed", 413: "body or video too large",
+             415: "unsupported content type", 422: "invalid request or undecodable video",
+             503: "no shard answered"}
+    return {st: {"model": ErrorBody, "description": words.get(st, "error")} for st in statuses}
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+_VIDEO_BODY = {"requestBody": {"required": True, "content": {
+    "video/mp4": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["video"], "properties": {
+        "video": {"type": "string", "format": "binary"}, "k": {"type": "integer"}}}},
+    "application/json": {"schema": {"$ref": "#/components/schemas/VideoUrlRequest"}}}},
+    "parameters": [{"name": "k", "in": "query", "required": False, "schema": {"type": "integer", "default": 10},
+                    "description": "neighbours to return (uploads; JSON bodies carry their own k)"}]}
+
+
+def _openapi() -> dict[str, Any]:
+    """The app's OpenAPI document, with the request models our handlers parse themselves (they take the raw
+    body to control limits and errors, so FastAPI cannot see them) added to the components."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (SearchRequest, BatchRequest, VideoUrlRequest, ErrorBody):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    app.openapi_schema = doc
+    return doc
+
+
+app.openapi = _openapi
 
 
 @serve.ingress(app)
@@ -241,12 +396,14 @@ class Router:
     Args:
         shards: one deployment handle per shard, in shard order.
         encoder: encoder handle (``None``: feature queries are refused with 400).
+        video_encoder: :class:`VideoEncoderServer` handle (``None``: ``/search/video`` answers 400).
         settings: the :class:`vhindex.config.ServeSection` (its ``index`` arrives through ``user_config``).
         token_sha256: SHA-256 of the bearer token (:func:`build_app` reads the token where the app is built;
             only its hash travels to the replicas); None: no auth.
     """
 
-    def __init__(self, shards: list[Any], encoder: Any, settings: Any, token_sha256: str | None = None) -> None:
+    def __init__(self, shards: list[Any], encoder: Any, settings: Any, token_sha256: str | None = None,
+                 video_encoder: Any = None) -> None:
         from ray.serve._private import constants as serve_constants
 
         if serve_constants.RAY_SERVE_USE_GRPC_BY_DEFAULT:
@@ -257,6 +414,8 @@ class Router:
             encoder = None if encoder is None else encoder.options(_by_reference=False)
         self.shards = shards
         self.encoder = encoder
+        # by reference (Ray's object store), not gRPC: an upload can be tens of MB
+        self.video_encoder = video_encoder
         self.settings = settings
         self.storage_options = settings.storage_options or None
         self.version: str | None = None  # set by the first reconfigure (Serve applies user_config at start)
@@ -459,7 +618,7 @@ class Router:
                 "user_code_on_replica_loop": not c.RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD}
 
     # -- endpoints --------------------------------------------------------------------------------
-    @app.post("/search")
+    @app.post("/search", responses=_error_responses(400, 401, 404, 413, 422, 503), openapi_extra=_json_body(SearchRequest))
     async def search(self, request: Request) -> JSONResponse:
         """Top-k of one query: ``{"code"|"video_id"|"features", "k", "category"?}``."""
         t0 = time.perf_counter()
@@ -476,7 +635,8 @@ class Router:
                              "missing_shards": missing, "index_version": version,
                              "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
 
-    @app.post("/search/batch")
+    @app.post("/search/batch", responses=_error_responses(400, 401, 404, 413, 422, 503),
+              openapi_extra=_json_body(BatchRequest))
     async def search_batch(self, request: Request) -> JSONResponse:
         """Top-k of many queries in one fan-out: ``{"queries": [...], "k"}``."""
         t0 = time.perf_counter()
@@ -496,7 +656,98 @@ class Router:
                              "missing_shards": res["missing"], "index_version": res["version"],
                              "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
 
-    @app.get("/healthz")
+    @app.post("/search/video", responses=_error_responses(400, 401, 403, 413, 415, 422, 503), openapi_extra=_VIDEO_BODY)
+    async def search_video(self, request: Request) -> JSONResponse:
+        """Top-k of a video: its bytes (``video/*`` or ``application/octet-stream`` body, ``?k=``; or multipart
+        field ``video``) or JSON ``{"url", "k"}`` under ``serve.video_url_prefixes``. The answer adds
+        ``timing`` (``decode_ms``, ``features_ms``, ``encode_ms``, ``search_ms``)."""
+        t0 = time.perf_counter()
+        s = self.settings
+        self.gate.check_auth(request.headers)
+        if self.video_encoder is None:
+            raise RequestError(400, "video queries are off on this service (serve.video_queries: true with "
+                                    "serve.model turns them on)")
+        ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        k_text = request.query_params.get("k")
+        payload: bytes | str
+        if ctype.startswith("video/") or ctype == "application/octet-stream":
+            payload = await self._read_capped(request, s.max_video_bytes, "video")
+        elif ctype == "multipart/form-data":
+            payload, form_k = await self._read_multipart(request)
+            k_text = form_k if form_k is not None else k_text
+        elif ctype in ("application/json", "text/plain", ""):
+            req = self.gate.parse(await self._read_capped(request, s.max_body_bytes, "request body"), VideoUrlRequest)
+            check_video_url(req.url, s.video_url_prefixes)
+            payload, k_text = req.url, str(req.k)
+        else:
+            raise RequestError(415, f"content type {ctype!r}: send the video as video/* or application/octet-stream "
+                                    "bytes, as multipart/form-data field 'video', or JSON {\"url\": ..., \"k\": ...}")
+        try:
+            k = self.gate.check_k(int(k_text) if k_text is not None else 10)
+        except ValueError:
+            raise RequestError(400, f"k must be an integer, got {k_text!r}") from None
+        if isinstance(payload, bytes) and not payload:
+            raise RequestError(422, "video: the upload is empty (0 bytes)")
+        try:
+            enc = await asyncio.wait_for(self.video_encoder.encode_video.remote(payload), timeout=s.video_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(422, f"video: not decoded and encoded within serve.video_timeout_s = "
+                                    f"{s.video_timeout_s:g} s") from None
+        if "error" in enc:
+            raise RequestError(int(enc["status"]), enc["error"])
+        t_search = time.perf_counter()
+        out = await self._adaptive.submit((enc["code"], k, None))
+        if isinstance(out, RequestError):
+            raise out
+        dist, ids, missing, version = out
+        search_ms = 1000 * (time.perf_counter() - t_search)
+        return JSONResponse({"results": hits(dist, ids), "k": k, "partial": bool(missing), "missing_shards": missing,
+                             "index_version": version,
+                             "timing": {"decode_ms": round(enc["decode_ms"], 3),
+                                        "features_ms": round(enc["features_ms"], 3),
+                                        "encode_ms": round(enc["encode_ms"], 3), "search_ms": round(search_ms, 3)},
+                             "video": {"decoded_frames": enc["decoded_frames"], "duration_s": enc["duration_s"],
+                                       "truncated": enc["truncated"]},
+                             "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
+
+    async def _read_capped(self, request: Request, limit: int, what: str) -> bytes:
+        """The body, refused with 413 as soon as it is known to be over ``limit`` bytes (declared or streamed)."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"{what} of {declared} bytes exceeds the limit of {limit} bytes")
+        parts, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"{what} exceeds the limit of {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _read_multipart(self, request: Request) -> tuple[bytes, str | None]:
+        """Field ``video`` (a file) and optional field ``k`` of a multipart upload."""
+        limit = self.settings.max_video_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit + 64_000:  # + multipart framing
+            raise RequestError(413, f"video of about {declared} bytes exceeds the limit of {limit} bytes")
+        try:
+            form = await request.form(max_files=1, max_fields=4, max_part_size=64_000)
+        except Exception as err:  # noqa: BLE001 -- starlette raises several kinds for bad multipart bodies
+            raise RequestError(400, f"malformed multipart body: {getattr(err, 'detail', err)}") from None
+        try:
+            video = form.get("video")
+            if video is None or isinstance(video, str):
+                raise RequestError(422, "video: multipart field 'video' (a file) is missing")
+            if video.size is not None and video.size > limit:
+                raise RequestError(413, f"video of {video.size} bytes exceeds the limit of {limit} bytes")
+            data = await video.read()
+            if len(data) > limit:
+                raise RequestError(413, f"video of {len(data)} bytes exceeds the limit of {limit} bytes")
+            k = form.get("k")
+            return data, (k if isinstance(k, str) else None)
+        finally:
+            await form.close()
+
+    @app.get("/healthz", responses=_error_responses(401, 503))
     async def healthz(self, request: Request) -> JSONResponse:
         """Liveness plus, per shard, whether a replica answers (``status`` ok | degraded)."""
         self.gate.check_auth(request.headers)
@@ -508,7 +759,7 @@ class Router:
                              "missing_shards": down, "index_version": self.version},
                             status_code=200 if not down else 503)
 
-    @app.get("/info")
+    @app.get("/info", responses=_error_responses(401))
     async def info(self, request: Request) -> JSONResponse:
         """Index version, code length, counts per shard, index type, model version."""
         self.gate.check_auth(request.headers)
@@ -516,6 +767,7 @@ class Router:
         s = self.settings
         info.update(serving_version=self.version, pending_version=self.target if self.target != self.version else None,
                     max_k=s.max_k, max_batch=s.max_batch, feature_queries=self.encoder is not None,
+                    video_queries=self.video_encoder is not None,
                     router_counters=self.counters, batching=s.batching, serve_mode=self.runtime_mode(),
                     data_plane={"enabled": s.data_plane,
                                 "endpoints": {str(i): len(self._planes.get(i, [])) for i in range(len(self.shards))}})
@@ -577,6 +829,17 @@ def build_app(args: dict[str, Any]) -> Any:
                              f"not make the indexed codes ({info['bits']} bits, model version {info.get('model_version')})")
         encoder = serve.deployment(EncoderServer, name="Encoder", ray_actor_options={"num_cpus": 0.5}).bind(
             settings.model, so)
+    video_encoder = None
+    if settings.video_queries:
+        if not settings.model:
+            raise ValueError("serve.video_queries needs serve.model (the model that made the indexed codes)")
+        video_settings = {k: v for k, v in settings.model_dump(mode="json").items()
+                          if k.startswith("video_") or k == "max_video_seconds"}
+        video_encoder = versioned(serve.deployment(VideoEncoderServer, name="VideoEncoder",
+                                                  num_replicas=settings.video_replicas,
+                                                  ray_actor_options={"num_cpus": settings.video_cpus},
+                                                  max_ongoing_requests=8, logging_config=logging_config),
+                                  settings.model, so, video_settings).bind(settings.model, so, video_settings)
     # the index travels in user_config (a new one hot-swaps instead of restarting the router)
     router_settings = settings.model_copy(update={"index": None})
     token_sha256 = None
@@ -591,7 +854,7 @@ def build_app(args: dict[str, Any]) -> Any:
                                             user_config=user_config, max_ongoing_requests=256,
                                             logging_config=logging_config),
                            len(shards), settings.model, router_settings.model_dump(mode="json"), token_sha256)
-    return router_dep.bind(shards, encoder, router_settings, token_sha256)
+    return router_dep.bind(shards, encoder, router_settings, token_sha256, video_encoder)
 
 
 #: router replicas of the fast path take ports in [direct_port, direct_port + DIRECT_PORT_SPAN)

@@ -379,6 +379,9 @@ class ExtractSection(_Section):
     threads: int | None = Field(None, gt=0, description="torch threads per actor; null = torch's default.")
     device: str = Field("auto", description='"auto" (CUDA when present), "cpu", "cuda", ...')
     min_frames: int = Field(1, gt=0, description="Videos with fewer decodable frames become error rows.")
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="CNN runtime: auto = ONNX Runtime on CPU (2-3x faster than torch there; the graph is "
+                            "exported once from the weights and cached), torch on CUDA.")
     videos_per_shard: int = Field(256, gt=0, description="Videos per output shard (the unit of resume).")
     pipeline: PipelineSection = Field(default_factory=PipelineSection)
 
@@ -459,6 +462,29 @@ class ServeSection(_Section):
     auth_token_env: str | None = Field(
         None, description="Name of an environment variable holding a bearer token; when set, every request "
                           "must send `Authorization: Bearer <token>` (the token itself never goes in config).")
+    max_json_depth: int = Field(16, gt=1, le=1000, description="JSON bodies nested deeper get 400 (checked before "
+                                                                 "parsing; queries need 5 levels).")
+    video_queries: bool = Field(False, description="Enable POST /search/video: an encoder deployment decodes uploaded "
+                                                   "videos (PyAV), runs the backbone (video_backbone) and serve.model. "
+                                                   "The model must have been trained on that backbone's features.")
+    video_backbone: str = Field("efficientnet_lite0", description="Backbone of video queries: the one whose features "
+                                                                   "the model was trained on (vhindex extract's).")
+    video_weights: str | None = Field(None, description="Backbone weights (null: bundled), as in extract.weights.")
+    video_image_size: int | None = Field(None, gt=0, description="Crop size, as in extract.image_size.")
+    video_dtype: Literal["float16", "float32"] = Field("float16", description="Feature dtype, as in extract.dtype "
+                                                                              "(the codes then equal the batch path's).")
+    video_runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="CNN runtime: auto = ONNX Runtime on CPU (when installed), torch on CUDA.")
+    video_replicas: int = Field(1, gt=0, description="Replicas of the video encoder deployment.")
+    video_cpus: float = Field(1.0, gt=0.0, description="CPUs reserved per video encoder replica.")
+    video_threads: int = Field(2, gt=0, description="CNN threads per video encoder replica.")
+    max_video_bytes: int = Field(64_000_000, gt=0, description="Larger uploads get 413.")
+    max_video_seconds: float = Field(600.0, gt=0.0, description="Longer videos (container duration) get 422.")
+    video_timeout_s: float = Field(30.0, gt=0.0, description="A video query that takes longer to decode and encode "
+                                                             "gets 422.")
+    video_url_prefixes: list[str] = Field(
+        default_factory=list, description="URL prefixes POST /search/video may read from (e.g. s3://bucket/videos/ -- "
+                                          "end each with '/'); empty: no URL is read, only uploads are accepted.")
 
     @field_validator("data_plane_ports")
     @classmethod

@@ -83,10 +83,14 @@ class FrameFeatureExtractor:
         threads: if given, ``torch.set_num_threads(threads)`` (process-wide).
         storage_options: fsspec options for video and weights URLs.
         min_frames: videos with fewer decodable frames are errors (``"too_few_frames"``).
+        runtime: ``"auto"`` (ONNX Runtime on CPU when it is installed, torch otherwise), ``"torch"``
+            or ``"onnx"`` (CPU only; :mod:`vhindex.features.onnx`). The two give the same features
+            within float32 rounding; ONNX Runtime is 2-3x faster on a CPU.
 
     Attributes:
         feature_dim, num_frames, image_size, backbone_name, device (a :class:`torch.device`),
-        backbone (the :class:`~vhindex.features.backbones.Backbone` module).
+        backbone (the :class:`~vhindex.features.backbones.Backbone` module), runtime (``"torch"`` or
+        ``"onnx"``, as resolved).
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class FrameFeatureExtractor:
         threads: int | None = None,
         storage_options: dict | None = None,
         min_frames: int = 1,
+        runtime: str = "auto",
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -116,6 +121,10 @@ class FrameFeatureExtractor:
             torch.set_num_threads(int(threads))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if runtime not in ("auto", "torch", "onnx"):
+            raise ValueError(f"runtime must be 'auto', 'torch' or 'onnx', got {runtime!r}")
+        if runtime == "onnx" and torch.device(device).type != "cpu":
+            raise ValueError(f"runtime 'onnx' runs on the CPU only, device is {device}")
         self.device = torch.device(device)
         net = build_backbone(backbone, weights=weights, storage_options=storage_options)
         # channels_last: 1.4-1.7x faster convolutions on CPU (oneDNN) and tensor cores on CUDA.
@@ -129,6 +138,12 @@ class FrameFeatureExtractor:
         self.decode_workers = int(decode_workers)
         self.storage_options = storage_options
         self.min_frames = int(min_frames)
+        from vhindex.features.onnx import OnnxBackbone, onnx_available
+
+        if runtime == "auto":
+            runtime = "onnx" if self.device.type == "cpu" and onnx_available() else "torch"
+        self.runtime = runtime
+        self._onnx = OnnxBackbone(self.backbone, self.image_size, threads=threads) if runtime == "onnx" else None
 
     def describe(self) -> dict[str, Any]:
         """What determines the features, for dataset metadata and versioning.
@@ -165,6 +180,8 @@ class FrameFeatureExtractor:
     @torch.inference_mode()
     def _forward(self, frames: np.ndarray) -> np.ndarray:
         """``(B, S, S, 3)`` uint8 -> ``(B, D)`` float32 on the host."""
+        if self._onnx is not None:
+            return self._onnx(frames)
         x = torch.from_numpy(frames).to(self.device, non_blocking=True)
         x = self.backbone.preprocess(x).contiguous(memory_format=torch.channels_last)
         cuda = self.device.type == "cuda"

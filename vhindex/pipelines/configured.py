@@ -33,7 +33,8 @@ def extract_job(e: Any, listing: str | None = None, out: str | None = None, *, k
         raise ValueError(f"{key}.{missing[0]}: required (fsspec URL)" + (f"; also {key}.{missing[1]}" if len(missing) > 1 else ""))
     params = ExtractorParams(backbone=e.backbone, weights=e.weights, num_frames=e.num_frames, image_size=e.image_size,
                              dtype=e.dtype, batch_frames=e.batch_frames, decode_workers=e.decode_workers,
-                             threads=e.threads, device=e.device, min_frames=e.min_frames)
+                             threads=e.threads, device=e.device, min_frames=e.min_frames,
+                             runtime=e.runtime)
     return ExtractJob(urls["listing"], urls["out"], params, videos_per_shard=e.videos_per_shard,
                       storage_options=e.storage_options, extensions=e.extensions)
 

@@ -195,6 +195,7 @@ class ExtractorParams:
     threads: int | None = None
     device: str = "auto"
     min_frames: int = 1
+    runtime: str = "auto"
 
     def build(self, storage_options: dict[str, Any] | None, device: str | None = None) -> Any:
         """The extractor (``device`` overrides :attr:`device`)."""
@@ -204,7 +205,7 @@ class ExtractorParams:
             self.backbone, weights=self.weights, num_frames=self.num_frames, image_size=self.image_size,
             device=device or self.device, batch_frames=self.batch_frames, dtype=self.dtype,
             decode_workers=self.decode_workers, threads=self.threads, storage_options=storage_options,
-            min_frames=self.min_frames)
+            min_frames=self.min_frames, runtime=self.runtime)
 
 
 class ExtractShardProcessor:
@@ -259,7 +260,8 @@ class ExtractShardProcessor:
             error_counts=reasons, seconds=seconds, finished_at=time.time(), worker=f"{socket.gethostname()}:{os.getpid()}",
             extra={"decoded_frames": frames, "sampled_frames": ok * self.meta.num_frames,
                    "frames_per_second": ok * self.meta.num_frames / max(seconds, 1e-9),
-                   "videos_per_second": len(items) / max(seconds, 1e-9), "device": str(self.extractor.device)})
+                   "videos_per_second": len(items) / max(seconds, 1e-9), "device": str(self.extractor.device),
+                   "runtime": self.extractor.runtime})
         self.output.finish_shard(stats, errors)
         return stats
 
@@ -294,7 +296,8 @@ class ExtractJob(ShardedJob):
                 raise ValueError("duplicate video ids in the inputs")
         self.params = params
         self.videos_per_shard = videos_per_shard
-        probe = params.build(self.storage_options, device="cpu")  # feature size and weights identity
+        # feature size and weights identity (torch: no ONNX export in the driver just to describe)
+        probe = dataclasses.replace(params, runtime="torch").build(self.storage_options, device="cpu")
         self._describe = probe.describe()
         self._feature_dim = int(probe.feature_dim)
         del probe

