@@ -264,7 +264,8 @@ class VideoEncoderServer:
 
     def info(self) -> dict[str, Any]:
         """The extractor's description (what the features depend on) and its runtime."""
-        return {**self.extractor.describe(), "runtime": self.extractor.runtime, "device": str(self.extractor.device)}
+        return {**self.extractor.describe(), "runtime": self.extractor.runtime, "device": str(self.extractor.device),
+                "pid": os.getpid()}
 
     async def encode_video(self, video: bytes | str) -> dict[str, Any]:
         """``{"code": bytes, "decode_ms", "features_ms", "encode_ms", "decoded_frames", "duration_s"}`` or
@@ -688,11 +689,17 @@ class Router:
             raise RequestError(400, f"k must be an integer, got {k_text!r}") from None
         if isinstance(payload, bytes) and not payload:
             raise RequestError(422, "video: the upload is empty (0 bytes)")
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
         try:
             enc = await asyncio.wait_for(self.video_encoder.encode_video.remote(payload), timeout=s.video_timeout_s)
         except asyncio.TimeoutError:
             raise RequestError(422, f"video: not decoded and encoded within serve.video_timeout_s = "
                                     f"{s.video_timeout_s:g} s") from None
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
+            # the replica died under this call (Serve replaces it): the query is safe to send again
+            raise RequestError(503, f"the video encoder replica was lost during the query ({type(err).__name__}); "
+                                    "retry") from None
         if "error" in enc:
             raise RequestError(int(enc["status"]), enc["error"])
         t_search = time.perf_counter()

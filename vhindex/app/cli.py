@@ -247,6 +247,33 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """Query a running service (``vhindex serve``) with :class:`vhindex.client.Client`."""
+    import os
+
+    from vhindex.client import Client, ServiceError
+
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        raise SystemExit(f"--token-env {args.token_env}: that environment variable is empty or unset")
+    with Client(args.service, token=token, timeout_s=args.timeout, retries=args.retries) as client:
+        try:
+            res = client.search(code=args.code, video_id=args.video_id, video=args.video, url=args.url, k=args.k)
+        except ServiceError as err:
+            print(f"vhindex search: {type(err).__name__}: {err}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(res.raw, indent=1))
+        return 0
+    for rank, hit in enumerate(res.hits, 1):
+        print(f"{rank:4d}  {hit.distance:4d}  {hit.video_id}")
+    if res.partial:
+        print(f"partial answer: shards {res.missing_shards} did not answer", file=sys.stderr)
+    if res.timing:
+        print("timing: " + ", ".join(f"{k} {v:.1f}" for k, v in res.timing.items()), file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from vhindex.eval import evaluate, markdown_table, write_report
     from vhindex.inprocess import load_codes_with_labels
@@ -446,6 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--storage-options", help="fsspec options as JSON")
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("search", help="query a running service: a video file, a URL, a hex code or an indexed id")
+    p.add_argument("--service", required=True, help="base URL of the service (http://127.0.0.1:8000)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--video", help="a video file to upload")
+    g.add_argument("--url", help="a video URL the service may read (serve.video_url_prefixes)")
+    g.add_argument("--code", help="query code as hex")
+    g.add_argument("--video-id", help="an indexed video's id")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--token-env", help="environment variable holding the bearer token")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per attempt")
+    p.add_argument("--retries", type=int, default=3, help="retries on 503 / connection failures")
+    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("eval", help="mAP@K / P@N / PR curves of codes datasets against labels")
     p.add_argument("--db-codes", required=True)

@@ -303,6 +303,11 @@ def _serve_and_query(cfg: Config, root: str, so: dict | None, best: str, index: 
         _say(out, f"  POST /search {{video_id: {body['results'][0]['video_id']}, k: 3}} -> "
                   + ", ".join(f"{h['video_id']} ({h['distance']})" for h in by_id["results"]))
         _say(out, "  answers equal the in-process index")
+        if cfg.demo.video:
+            from vhindex.app.video_demo import run_video_demo
+
+            serve.delete(settings.app_name)  # frees its CPUs for the video application on a small machine
+            run_video_demo(cfg, root, so, out, port=settings.port)
     finally:
         serve.shutdown()
         if started:
