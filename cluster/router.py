@@ -256,7 +256,12 @@ class QueryResolver:
             m, d = self._shape
             arrays = []
             for i, feats in by_feat:
-                arr = np.asarray(feats, dtype=np.float32)
+                try:
+                    with np.errstate(over="ignore"):  # out of float32 range -> inf, refused just below
+                        arr = np.asarray(feats, dtype=np.float32)
+                except ValueError:  # rows of different lengths
+                    raise RequestError(400, f"queries[{i}].features: rows of different lengths; expected {m} frames "
+                                            f"x {d} dims") from None
                 if arr.shape != (m, d):
                     raise RequestError(400, f"queries[{i}].features: expected {m} frames x {d} dims, got shape "
                                             f"{list(arr.shape)}")

@@ -23,7 +23,9 @@ from cluster.router import (
     RequestGate,
     SearchRequest,
     VersionNotLoaded,
+    check_video_url,
     hits,
+    json_depth,
 )
 from vhindex.config import ServeSection
 from vhindex.index.codes import code_to_hex
@@ -60,7 +62,13 @@ def test_gate_auth_limits_json_and_validation():
     assert status == 400 and msg.startswith("malformed JSON body")
     deep = RequestGate(ServeSection(max_body_bytes=1_000_000))
     assert _status(deep.parse, b"[" * 50_000 + b"]" * 50_000, SearchRequest) == \
-        (400, "malformed JSON body: nested too deeply")
+        (400, "malformed JSON body: nested 50000 levels deep, more than the limit of 16")
+    # the depth is counted before parsing; brackets inside strings do not count
+    shallow = RequestGate(ServeSection(max_body_bytes=10_000, max_json_depth=3))
+    assert _status(shallow.parse, b'{"code": [[["00"]]]}', SearchRequest)[0] == 400
+    assert shallow.parse(b'{"video_id": "[[[[[[\\"{{{{", "k": 2}', SearchRequest).video_id == '[[[[[["{{{{'
+    assert [json_depth(t) for t in (b"", b"1", b"[]", b'[{"a": [1, {"b": "]]]]"}]}]', b"[[" * 7 + b"]]" * 7)] == \
+        [0, 0, 1, 4, 14]
     status, msg = _status(gate.parse, json.dumps({"code": "00", "video_id": "v"}).encode(), SearchRequest)
     assert status == 422 and "exactly one of 'code'" in msg
     status, msg = _status(gate.parse, json.dumps({"code": "00", "kk": 3}).encode(), SearchRequest)
@@ -75,6 +83,21 @@ def test_gate_auth_limits_json_and_validation():
     assert _status(gate.check_k, 51)[0] == 400
     gate.check_batch(3)
     assert _status(gate.check_batch, 4) == (400, "at most 3 queries per batch, got 4")
+
+
+def test_video_urls_must_lie_under_an_allowed_prefix():
+    allowed = ["s3://bucket/videos/", "https://cdn.example.com/v/"]
+    check_video_url("s3://bucket/videos/a/b.mp4", allowed)
+    check_video_url("https://cdn.example.com/v/x.webm", allowed)
+    for url, why in [("s3://bucket/videos/../secret.mp4", "segments"), ("s3://bucket/videos/./a.mp4", "segments"),
+                     ("s3://bucket/other/a.mp4", "not under an allowed prefix"), ("/etc/passwd", "not under"),
+                     ("file:///etc/passwd", "not under"), ("s3://bucket/videos\\..\\x", "backslashes"),
+                     ("s3://bucket/videos/a\nb", "control characters"), ("s3://bucket/videosX/a.mp4", "not under")]:
+        with pytest.raises(RequestError, match=why) as info:
+            check_video_url(url, allowed)
+        assert info.value.status == 403
+    with pytest.raises(RequestError, match="reads no URLs"):
+        check_video_url("s3://bucket/videos/a.mp4", [])
 
 
 # ----------------------------------------------------------------------------------- query -> code
@@ -116,6 +139,9 @@ def test_resolver_parses_hex_looks_up_ids_and_encodes_features():
     assert fails([SearchRequest(video_id="nope")]) == (404, "queries[0].video_id: 'nope' is not in the index")
     status, msg = fails([SearchRequest(features=[[1, 2, 3]])])
     assert status == 400 and "expected 2 frames x 3 dims, got shape [1, 3]" in msg
+    status, msg = fails([SearchRequest(features=[[1, 2, 3], [1, 2]])])  # ragged rows: a 400, never a 500
+    assert status == 400 and "rows of different lengths" in msg
+    assert fails([SearchRequest(features=[[1e39, 0, 0], [0, 0, 0]])])[1] == "queries[0].features: NaN or Inf values"
     assert fails([SearchRequest(features=[[1, 2, float("nan")], [0, 0, 0]])]) == \
         (400, "queries[0].features: NaN or Inf values")
     assert fails([SearchRequest(code=code_to_hex(codes[0]), category=1)])[1].endswith("no category mask table")

@@ -334,3 +334,96 @@ def test_client_and_cli_against_a_live_service(ray_serve, corpus, tmp_path, monk
     assert "timing: decode_ms" in printed.err
     assert cli_main(["search", "--service", base, "--video-id", "nope", "--token-env", "VHINDEX_CLIENT_TOKEN"]) == 2
     assert "NotFoundError" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ schema-driven fuzzing
+
+
+def _resolve(doc: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        schema = doc["components"]["schemas"][name]
+    return schema
+
+
+def _instance(doc: dict, schema: dict, rng: random.Random, depth: int = 0):
+    """A random value of ``schema`` -- usually valid, sometimes not (the service must never fail on either)."""
+    schema = _resolve(doc, schema)
+    if rng.random() < 0.08:  # a wrong type anywhere
+        return rng.choice([None, -1, 2**63, 1e308, "", "☃" * rng.randint(1, 50), [], {}, True, [[[]]]])
+    if "anyOf" in schema:
+        return _instance(doc, rng.choice(schema["anyOf"]), rng, depth)
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        out = {}
+        for name, sub in props.items():
+            if name in schema.get("required", []) or rng.random() < 0.5:
+                out[name] = _instance(doc, sub, rng, depth + 1)
+        if rng.random() < 0.1:
+            out[rng.choice(["extra", "__proto__", "k2", ""])] = rng.random()
+        return out
+    if kind == "array":
+        n = rng.choice([0, 1, 2, 3, 30]) if depth < 4 else 0
+        return [_instance(doc, schema.get("items", {}), rng, depth + 1) for _ in range(n)]
+    if kind == "integer":
+        return rng.choice([0, 1, 5, 10, -3, 10**6, rng.randint(-100, 2000)])
+    if kind == "number":
+        return rng.choice([0.0, -1.5, 3.25, 1e30, rng.uniform(-10, 10)])
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "string":
+        return rng.choice(["", "00ff", "ab" * 2, "zz", "vid-1", "s3://x/y.mp4", "/etc/passwd", "../../a",
+                           "x" * rng.randint(1, 3000), "é\u0000\ud7ff", "0" * 4])
+    return rng.choice([None, 1, "x", [], {}])
+
+
+def test_fuzzing_the_openapi_document_finds_no_server_error(ray_serve, corpus):
+    settings = _settings(corpus, ray_serve, max_body_bytes=200_000, max_video_bytes=300_000)
+    base = _deploy(settings)
+    doc = requests.get(base + "/openapi.json", timeout=10).json()
+    rng = random.Random(20261207)
+    ops = [(path, method, op) for path, methods in doc["paths"].items() for method, op in methods.items()]
+    session = requests.Session()
+    seen: dict[int, int] = {}
+    sent = 0
+    for _ in range(400):
+        path, method, op = rng.choice(ops)
+        roll = rng.random()
+        kwargs: dict = {"timeout": 60}
+        content = (op.get("requestBody") or {}).get("content", {})
+        if roll < 0.06:  # a path or method that does not exist
+            path = rng.choice([path + "/x", "/search/../info", "/" + "a" * 300, "/SEARCH", path])
+            method = rng.choice(["get", "put", "patch", "delete", "post", "options"])
+        if content and method == "post":
+            ctype = rng.choice(sorted(content))
+            schema = content[ctype].get("schema", {})
+            if ctype == "application/json":
+                kwargs["json"] = _instance(doc, schema, rng)
+                if rng.random() < 0.1:
+                    kwargs = {"timeout": 60, "data": rng.choice([b"{", b"[" * 40 + b"]" * 40, b"\xff\xfe", b"null",
+                                                                   b'{"k": 1e999}', b'{"code": "00"}' * 3]),
+                              "headers": {"Content-Type": rng.choice(["application/json", "text/plain", ""])}}
+            elif ctype == "multipart/form-data":
+                fields = _instance(doc, schema, rng)
+                files = {"video": ("f.mp4", os.urandom(rng.randint(0, 3000)))} if rng.random() < 0.8 else None
+                data = {k: str(v) for k, v in (fields if isinstance(fields, dict) else {}).items() if k != "video"}
+                kwargs.update(files=files, data=data or None)
+                if files is None and not data:
+                    kwargs["data"] = {"x": "1"}
+            else:
+                kwargs.update(data=os.urandom(rng.choice([0, 10, 5000, 400_000])),
+                              headers={"Content-Type": rng.choice([ctype, "video/x-bogus", "application/xml"])})
+        if rng.random() < 0.2:
+            kwargs["params"] = {rng.choice(["k", "q", "k "]): rng.choice(["-1", "x", "5", "1e3", "", "99999999999"])}
+        r = session.request(method.upper(), base + path, **kwargs)
+        sent += 1
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (method, path, kwargs.get("json"), r.status_code, r.text[:300])
+        if r.status_code >= 300:
+            body = r.json()
+            assert isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], str), r.text
+    assert sent == 400
+    # the walk reached both answers and refusals (so it exercised the handlers, not just the 404 path)
+    assert seen.get(200, 0) >= 20 and sum(n for s, n in seen.items() if 400 <= s < 500) >= 100, seen
+    assert requests.get(base + "/healthz", timeout=10).status_code == 200
