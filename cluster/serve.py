@@ -844,7 +844,8 @@ def build_app(args: dict[str, Any]) -> Any:
                           if k.startswith("video_") or k == "max_video_seconds"}
         video_encoder = versioned(serve.deployment(VideoEncoderServer, name="VideoEncoder",
                                                   num_replicas=settings.video_replicas,
-                                                  ray_actor_options={"num_cpus": settings.video_cpus},
+                                                  ray_actor_options={"num_cpus": settings.video_cpus,
+                                                                     "num_gpus": settings.video_gpus},
                                                   max_ongoing_requests=8, logging_config=logging_config),
                                   settings.model, so, video_settings).bind(settings.model, so, video_settings)
     # the index travels in user_config (a new one hot-swaps instead of restarting the router)

@@ -484,6 +484,8 @@ class ServeSection(_Section):
         "auto", description="CNN runtime: auto = ONNX Runtime on CPU (when installed), torch on CUDA.")
     video_replicas: int = Field(1, gt=0, description="Replicas of the video encoder deployment.")
     video_cpus: float = Field(1.0, gt=0.0, description="CPUs reserved per video encoder replica.")
+    video_gpus: float = Field(0.0, ge=0.0, description="GPUs per video encoder replica (> 0: the replica runs the "
+                                                       "CNN with torch on CUDA under float16 autocast).")
     video_threads: int = Field(2, gt=0, description="CNN threads per video encoder replica.")
     max_video_bytes: int = Field(64_000_000, gt=0, description="Larger uploads get 413.")
     max_video_seconds: float = Field(600.0, gt=0.0, description="Longer videos (container duration) get 422.")
