@@ -361,6 +361,60 @@ class FrameLevelIndex:
             videos = np.flatnonzero(sums[j])
             yield first + j, videos, sums[j, videos], int(qf[j]), int(excl[j])
 
+    def top_frames(
+        self, frames: np.ndarray, top_n: int, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``top_n`` gallery frames of each query frame in the stable ``(distance, frame index)``
+        order -- the "L" of Algorithm 1 -- with an excluded video per row left out exactly.
+
+        This is the per-shard step of a sharded frame-level search (:mod:`vhindex.index.frame_shards`):
+        with shards holding contiguous runs of gallery videos, the global top-N of a query frame is the
+        first ``top_n`` of the union of the shards' answers ordered by (distance, global frame index).
+
+        Args:
+            frames: packed query frame codes ``uint8 (F, bits/8)``.
+            top_n: frames returned per query frame (fewer when the gallery, minus the excluded video,
+                has fewer).
+            exclude: ``int64 (F,)`` gallery position of the video whose frames a row ignores, or ``-1``.
+
+        Returns:
+            ``(distances int32 (F, n), frame indices int64 (F, n))``, ``n = min(top_n, ntotal_frames)``;
+            slots past the end of a row's list have index ``-1`` (and distance ``bits + 1``).
+        """
+        top_n = _check_positive_int(top_n, "top_n")
+        frames = check_packed(np.asarray(frames), self.bits, "query frames")
+        nf = frames.shape[0]
+        excl = np.full(nf, -1, dtype=np.int64) if exclude is None else np.asarray(exclude, dtype=np.int64)
+        if excl.shape != (nf,):
+            raise ValueError(f"exclude must have one entry per query frame ({nf}), got shape {excl.shape}")
+        ntotal = self.ntotal_frames
+        n = min(top_n, ntotal)
+        out_d = np.full((nf, n), self.bits + 1, dtype=np.int32)
+        out_i = np.full((nf, n), -1, dtype=np.int64)
+        if nf == 0 or n == 0:
+            return out_d, out_i
+        counts, frame_video = self.frame_counts, self._frame_videos()
+        n_excl = int(np.where(excl >= 0, counts[np.maximum(excl, 0)], 0).max())
+        k_req = int(min(top_n + n_excl, ntotal))  # over-ask by the excluded frames (see _aggregate)
+        rows = max(1, self.memory_budget // (k_req * _BYTES_PER_SLOT))
+        for start in range(0, nf, rows):
+            stop = min(nf, start + rows)
+            with faiss_threads(self.num_threads):
+                dist, idx = _topk().stable_topk_hamming(
+                    frames[start:stop], self.codes, k_req,
+                    memory_budget=min(self.memory_budget, _TOPK_MEMORY_BUDGET))
+            keep = idx >= 0
+            row_excl = excl[start:stop]
+            if (row_excl >= 0).any():
+                keep &= frame_video[np.maximum(idx, 0)] != row_excl[:, None]
+            keep &= np.cumsum(keep, axis=1, dtype=np.int32) <= n
+            # compact the kept slots to the left of each row, in order
+            slot = np.cumsum(keep, axis=1) - 1
+            r, c = np.nonzero(keep)
+            out_d[start + r, slot[r, c]] = dist[r, c]
+            out_i[start + r, slot[r, c]] = idx[r, c]
+        return out_d, out_i
+
     def _rank(
         self, videos: np.ndarray, sums: np.ndarray, qf_num: int, excluded: int, k: int
     ) -> tuple[list[str], np.ndarray]:

@@ -1,0 +1,83 @@
+"""Sharded frame-level search against the single FrameLevelIndex (the oracle), ties everywhere.
+
+The single index is itself tested against a literal implementation of Algorithm 1
+(tests/test_index_frames.py); here every sharding of the same gallery must give exactly its answers:
+the same ids in the same order and bit-identical scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vhindex.index.frame_shards import ShardedFrameIndex, merge_top_frames, split_frame_index
+from vhindex.index.frames import FrameLevelIndex
+
+
+def _gallery(seed: int, bits: int, videos: int, distinct: int) -> tuple[FrameLevelIndex, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    # few distinct frame codes: distances tie all the time, and whole frames repeat across videos
+    palette = rng.integers(0, 256, size=(distinct, bits // 8), dtype=np.uint8)
+    frames = [palette[rng.integers(0, distinct, size=rng.integers(1, 9))] for _ in range(videos)]
+    index = FrameLevelIndex(bits, memory_budget=int(rng.integers(2_000, 200_000)))
+    index.add([f"v{i:03d}" for i in range(videos)], frames)
+    return index, frames
+
+
+def test_top_frames_is_the_stable_order_with_exclusion():
+    index, frames = _gallery(0, 16, 40, 6)
+    codes = index.codes
+    rng = np.random.default_rng(1)
+    q = codes[rng.integers(0, len(codes), size=12)] ^ rng.integers(0, 2, size=(12, 2), dtype=np.uint8)
+    excl = rng.integers(-1, 40, size=12)
+    dist, idx = index.top_frames(q, 25, excl)
+    frame_video = np.repeat(np.arange(40), index.frame_counts)
+    for r in range(12):
+        d = np.unpackbits(codes ^ q[r], axis=1).sum(axis=1)
+        order = [int(i) for i in np.lexsort((np.arange(len(d)), d)) if frame_video[i] != excl[r]][:25]
+        assert idx[r].tolist() == order
+        assert dist[r].tolist() == d[order].tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_sharded_search_equals_the_single_index(seed):
+    rng = np.random.default_rng(100 + seed)
+    bits = int(rng.choice([8, 16, 32]))
+    index, frames = _gallery(seed, bits, int(rng.integers(20, 70)), int(rng.integers(2, 8)))
+    queries = [frames[i] for i in rng.integers(0, len(frames), size=6)]
+    queries += [np.random.default_rng(seed).integers(0, 256, size=(int(rng.integers(1, 6)), bits // 8), dtype=np.uint8)]
+    ids = index.video_ids
+    for num_shards in range(1, 6):
+        sharded = ShardedFrameIndex(split_frame_index(index, num_shards))
+        assert sharded.num_videos == index.num_videos
+        assert len(sharded.shards) == min(num_shards, index.num_videos)
+        for top_n in (1, 3, 17, 1000):
+            for k in (1, 5, index.num_videos):
+                exclude = [ids[int(rng.integers(0, len(ids)))] if rng.random() < 0.5 else None for _ in queries]
+                want = index.search_batch(queries, k, top_n=top_n, exclude=exclude)
+                got = sharded.search_batch(queries, k, top_n=top_n, exclude=exclude)
+                for (wi, ws), (gi, gs) in zip(want, got, strict=True):
+                    assert gi == wi, (num_shards, top_n, k)
+                    assert gs.tobytes() == ws.tobytes()  # bit-identical scores
+
+
+def test_uneven_hand_made_shards_and_the_merge_key():
+    # shards of 1, 3 and 2 videos; identical codes everywhere: only the global frame index breaks ties
+    code = np.array([[0x0F]], dtype=np.uint8)
+    single = FrameLevelIndex(8)
+    single.add([f"v{i}" for i in range(6)], [code.repeat(i % 3 + 1, axis=0) for i in range(6)])
+    parts = []
+    for a, b in ((0, 1), (1, 4), (4, 6)):
+        s = FrameLevelIndex(8)
+        s.add([f"v{i}" for i in range(a, b)], [code.repeat(i % 3 + 1, axis=0) for i in range(a, b)])
+        parts.append(s)
+    sharded = ShardedFrameIndex(parts)
+    for top_n in range(1, 14):
+        assert sharded.search_batch([code], 6, top_n=top_n)[0][0] == single.search_batch([code], 6, top_n=top_n)[0][0]
+    # the merge keeps the first top_n by (distance, global frame), empty slots last
+    d = (np.array([[1, 2]]), np.array([[5, -1]]), np.array([[2, -1]]))
+    e = (np.array([[1, 1]]), np.array([[3, 4]]), np.array([[1, 1]]))
+    dist, video = merge_top_frames([d, e], 3, 10)
+    assert dist.tolist() == [[1, 1, 1]] and video.tolist() == [[1, 1, 2]]
+    with pytest.raises(ValueError, match="in shards 0 and 1"):
+        ShardedFrameIndex([parts[0], parts[0]])

@@ -1,0 +1,217 @@
+"""Sharded frame-level search whose answers equal one :class:`~vhindex.index.frames.FrameLevelIndex` exactly.
+
+A frame-level gallery is cut into shards that each hold a *contiguous run of videos in gallery
+order*, so a frame's global index is its shard's first frame plus its index in the shard, and a
+video's global position is its shard's first video plus its position there. Algorithm 1 (see
+:mod:`vhindex.index.frames`) then splits into a per-shard step and a merge:
+
+1. **Per shard** (:meth:`FrameLevelIndex.top_frames`): the first ``N`` frames of each query frame in
+   the shard's stable ``(distance, frame index)`` order, an excluded video left out.
+2. **Merge** (:func:`merge_top_frames`): per query frame, the first ``N`` of the union in the global
+   ``(distance, global frame index)`` order.
+3. **Aggregate** (:func:`aggregate_matches`): per query frame each video counts once, with its best
+   (largest ``bits - distance``) frame in the merged list; per query the sum, in exact integers.
+
+Why this is exact: the shard's order is the global order restricted to the shard (contiguous
+shards keep the relative order of their frames), so every frame of the global top-``N`` is among its
+own shard's top-``N``; the union therefore contains the global top-``N``, and sorting the union by the
+global key and keeping ``N`` recovers it, ties included. Exclusion needs nothing more: the shard
+holding the excluded video leaves its frames out before cutting to ``N``, the others never see it.
+Scores are ``sum / (bits * qf_num)`` from the same integers, so they are the same floats; ranking is
+(score descending, global video position), with zero-score videos filling up ``k`` in gallery
+order -- the single index's rule. ``tests/test_index_frame_shards.py`` checks it on galleries with
+many ties against the single index for 1 to 5 shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vhindex.index.codes import check_packed
+from vhindex.index.frames import FrameLevelIndex
+
+__all__ = ["ShardedFrameIndex", "aggregate_matches", "merge_top_frames", "split_frame_index"]
+
+
+def merge_top_frames(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], top_n: int,
+                     ntotal_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The global top-``top_n`` per query frame from the shards' lists.
+
+    Args:
+        parts: per shard ``(distances int32 (F, n_s), global frame indices int64 (F, n_s), global video
+            positions int64 (F, n_s))``; empty slots have frame index ``-1``.
+        top_n: frames kept per query frame.
+        ntotal_frames: frames in the whole gallery (bounds the sort key).
+
+    Returns:
+        ``(distances (F, n), global video positions (F, n))`` in the global stable order, ``n <= top_n``;
+        empty slots have video ``-1``.
+    """
+    dist = np.concatenate([p[0] for p in parts], axis=1).astype(np.int64)
+    frame = np.concatenate([p[1] for p in parts], axis=1)
+    video = np.concatenate([p[2] for p in parts], axis=1)
+    span = np.int64(ntotal_frames + 1)
+    # one int64 key per slot: (distance, global frame index); empty slots sort last
+    key = np.where(frame >= 0, dist * span + frame, np.iinfo(np.int64).max)
+    n = min(top_n, key.shape[1])
+    order = np.argsort(key, axis=1, kind="stable")[:, :n]
+    rows = np.arange(key.shape[0])[:, None]
+    out_v = np.where(frame[rows, order] >= 0, video[rows, order], -1)
+    return dist[rows, order].astype(np.int32), out_v
+
+
+def aggregate_matches(dist: np.ndarray, video: np.ndarray, qf: np.ndarray,
+                      bits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Algorithm 1's sums from merged top-N lists.
+
+    Args:
+        dist, video: ``(F, n)`` merged lists (:func:`merge_top_frames`), rows grouped by query.
+        qf: frames of each query (``sum(qf) == F``).
+        bits: code length.
+
+    Returns:
+        Per query ``(global video positions ascending, match sums int64)`` of the videos with a positive
+        sum (``sum = S[v] * bits * qf_num``).
+    """
+    out = []
+    starts = np.concatenate([[0], np.cumsum(qf)])
+    for q in range(len(qf)):
+        d = dist[starts[q]:starts[q + 1]]
+        v = video[starts[q]:starts[q + 1]]
+        rows = np.broadcast_to(np.arange(d.shape[0])[:, None], d.shape)
+        ok = v >= 0
+        m, vv, rr = (bits - d[ok]).astype(np.int64), v[ok], rows[ok]
+        if m.size == 0:
+            out.append((np.empty(0, np.int64), np.empty(0, np.int64)))
+            continue
+        # best match per (row, video): sort by (row, video, -match), keep the first of each pair
+        order = np.lexsort((-m, vv, rr))
+        m, vv, rr = m[order], vv[order], rr[order]
+        first = np.ones(m.size, dtype=bool)
+        first[1:] = (vv[1:] != vv[:-1]) | (rr[1:] != rr[:-1])
+        m, vv = m[first], vv[first]
+        videos, inverse = np.unique(vv, return_inverse=True)
+        sums = np.zeros(videos.size, dtype=np.int64)
+        np.add.at(sums, inverse, m)
+        keep = sums > 0
+        out.append((videos[keep], sums[keep]))
+    return out
+
+
+def split_frame_index(index: FrameLevelIndex, num_shards: int) -> list[FrameLevelIndex]:
+    """Cut a gallery into ``num_shards`` contiguous runs of videos with about equal frame counts
+    (fewer when it has fewer videos)."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    offsets = index.offsets
+    nv = index.num_videos
+    targets = np.linspace(0, offsets[-1], num_shards + 1)[1:-1]
+    cuts = np.unique(np.clip(np.searchsorted(offsets, targets), 1, max(nv - 1, 1)))
+    bounds = [0, *[int(c) for c in cuts if 0 < c < nv], nv]
+    codes, ids = index.codes, index.video_ids
+    shards = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b <= a:
+            continue
+        shard = FrameLevelIndex(index.bits, num_threads=index.num_threads, memory_budget=index.memory_budget)
+        shard.add(ids[a:b], [codes[offsets[i]:offsets[i + 1]] for i in range(a, b)])
+        shards.append(shard)
+    return shards
+
+
+class ShardedFrameIndex:
+    """A frame-level gallery held as contiguous shards, searched per shard and merged (module docs).
+
+    Args:
+        shards: :class:`FrameLevelIndex` shards in gallery order (videos of shard ``s`` come before those
+            of shard ``s + 1``); the same ``bits``; video ids unique across shards.
+    """
+
+    def __init__(self, shards: Sequence[FrameLevelIndex]) -> None:
+        shards = list(shards)
+        if not shards:
+            raise ValueError("a ShardedFrameIndex needs at least one shard")
+        bits = {s.bits for s in shards}
+        if len(bits) != 1:
+            raise ValueError(f"shards have different code lengths: {sorted(bits)}")
+        self.bits = bits.pop()
+        self.shards = shards
+        self.video_offsets = np.concatenate([[0], np.cumsum([s.num_videos for s in shards])]).astype(np.int64)
+        self.frame_offsets = np.concatenate([[0], np.cumsum([s.ntotal_frames for s in shards])]).astype(np.int64)
+        self._where: dict[str, tuple[int, int]] = {}
+        for si, s in enumerate(shards):
+            for pos, vid in enumerate(s.video_ids):
+                if vid in self._where:
+                    raise ValueError(f"video id {vid!r} is in shards {self._where[vid][0]} and {si}")
+                self._where[vid] = (si, pos)
+
+    @property
+    def num_videos(self) -> int:
+        """Videos over all shards."""
+        return int(self.video_offsets[-1])
+
+    def video_id(self, position: int) -> str:
+        """The id of the video at a global gallery position."""
+        s = int(np.searchsorted(self.video_offsets, position, side="right")) - 1
+        return self.shards[s].video_ids[position - int(self.video_offsets[s])]
+
+    def shard_top_frames(self, s: int, frames: np.ndarray, top_n: int,
+                         exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shard ``s``'s step: ``(distances, global frame indices, global video positions)`` per query frame.
+
+        ``exclude`` holds global video positions (or -1); only this shard's are applied here.
+        """
+        shard = self.shards[s]
+        v0, f0 = int(self.video_offsets[s]), int(self.frame_offsets[s])
+        local = np.where((exclude >= v0) & (exclude < v0 + shard.num_videos), exclude - v0, -1)
+        dist, idx = shard.top_frames(frames, top_n, local)
+        frame_video = np.repeat(np.arange(shard.num_videos, dtype=np.int64), shard.frame_counts)
+        ok = idx >= 0
+        gframe = np.where(ok, idx + f0, -1)
+        gvideo = np.where(ok, frame_video[np.maximum(idx, 0)] + v0, -1)
+        return dist, gframe, gvideo
+
+    def search_batch(self, queries: Sequence[Any], k: int, *, top_n: int = 1000,
+                     exclude: Sequence[str | None] | None = None) -> list[tuple[list[str], np.ndarray]]:
+        """Same contract and answers as :meth:`FrameLevelIndex.search_batch` over the whole gallery."""
+        if k < 1 or top_n < 1:
+            raise ValueError(f"k and top_n must be >= 1, got {k}, {top_n}")
+        qcodes = [check_packed(np.asarray(q), self.bits, f"query video {i}") for i, q in enumerate(queries)]
+        if not qcodes:
+            return []
+        qf = np.array([q.shape[0] for q in qcodes], dtype=np.int64)
+        excl_pos = np.full(len(qcodes), -1, dtype=np.int64)
+        if exclude is not None:
+            for i, vid in enumerate(exclude):
+                if vid is None:
+                    continue
+                if vid not in self._where:
+                    raise ValueError(f"exclude id {vid!r} (query {i}) is not a video of this index")
+                s, pos = self._where[vid]
+                excl_pos[i] = self.video_offsets[s] + pos
+        frames = np.concatenate(qcodes)
+        row_excl = np.repeat(excl_pos, qf)
+        parts = [self.shard_top_frames(s, frames, top_n, row_excl) for s in range(len(self.shards))]
+        dist, video = merge_top_frames(parts, top_n, int(self.frame_offsets[-1]))
+        results = []
+        for q, (videos, sums) in enumerate(aggregate_matches(dist, video, qf, self.bits)):
+            results.append(self._rank(videos, sums, int(qf[q]), int(excl_pos[q]), k))
+        return results
+
+    def _rank(self, videos: np.ndarray, sums: np.ndarray, qf_num: int, excluded: int,
+              k: int) -> tuple[list[str], np.ndarray]:
+        order = np.lexsort((videos, -sums))[:k]
+        top_v, top_s = list(videos[order]), list(sums[order])
+        if len(top_v) < k:  # zero-score videos fill up in gallery order, the excluded one left out
+            hit = set(int(v) for v in videos)
+            pos = 0
+            while len(top_v) < k and pos < self.num_videos:
+                if pos not in hit and pos != excluded:
+                    top_v.append(pos)
+                    top_s.append(0)
+                pos += 1
+        scores = np.array(top_s, dtype=np.int64).astype(np.float64) / float(self.bits * qf_num)
+        return [self.video_id(int(v)) for v in top_v], scores
