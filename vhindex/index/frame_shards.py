@@ -68,7 +68,8 @@ def aggregate_matches(dist: np.ndarray, video: np.ndarray, qf: np.ndarray,
     """Algorithm 1's sums from merged top-N lists.
 
     Args:
-        dist, video: ``(F, n)`` merged lists (:func:`merge_top_frames`), rows grouped by query.
+        dist: ``(F, n)`` distances of the merged lists (:func:`merge_top_frames`), rows grouped by query.
+        video: ``(F, n)`` global video positions of the same slots (``-1``: empty).
         qf: frames of each query (``sum(qf) == F``).
         bits: code length.
 
