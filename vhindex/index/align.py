@@ -1,0 +1,184 @@
+"""Temporal alignment of a query video with a result video: which segments match, from frame matches.
+
+Copy detectors that work from frame matches (temporal Hough voting, temporal match kernels) rest on
+one observation: the matched frames of a true copy lie on a line ``t_db = speed * t_query + offset``,
+while chance matches scatter. :func:`align_segments` finds such lines by voting:
+
+1. For each candidate ``speed`` (a geometric grid from ``1 / max_speed`` to ``max_speed``, 1 included:
+   a re-timed copy plays faster or slower), every frame match ``(t_q, t_d, similarity)`` votes for the
+   offset ``t_d - speed * t_q``; votes are binned at the alignment tolerance and weighted by similarity,
+   and a bin's score also counts its two neighbours (an offset on a bin edge is not split).
+2. The best ``(speed, offset bin)`` wins; its inliers are the matches within the tolerance of the line
+   through the weighted median offset, at most one per query frame (the most similar); the query
+   segment spans the inliers' query times and the database segment their database times, each widened
+   by half a sampling step (a sampled frame stands for the interval around it).
+3. Its inliers are removed and the vote repeats, for up to ``max_segments`` segments (a query that
+   copies two parts of a video, or the same part twice).
+
+A segment's ``score`` is the sum of its inliers' similarities divided by the query's frame count: 1.0
+when every query frame matches exactly along the line.
+
+:func:`frame_matches` makes the matches from frame codes: for every query frame, the database frames
+at its smallest Hamming distances (``per_frame`` of them), when within ``max_distance``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["Segment", "align_segments", "frame_matches"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One matched segment pair.
+
+    Attributes:
+        query_start, query_end: seconds in the query video.
+        db_start, db_end: seconds in the database video.
+        speed: database seconds per query second (1: same speed; 2: the query plays the database part
+            twice as fast, i.e. it is shorter).
+        score: sum of the inlier matches' similarities / query frames, in ``[0, 1]``.
+        matches: inlier frame matches.
+    """
+
+    query_start: float
+    query_end: float
+    db_start: float
+    db_end: float
+    speed: float
+    score: float
+    matches: int
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready form (seconds rounded to ms)."""
+        return {"query_start": round(self.query_start, 3), "query_end": round(self.query_end, 3),
+                "db_start": round(self.db_start, 3), "db_end": round(self.db_end, 3),
+                "speed": round(self.speed, 4), "score": round(self.score, 6), "matches": self.matches}
+
+
+def frame_matches(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, *, per_frame: int = 2,
+                  max_distance: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame matches between two videos' packed frame codes.
+
+    Args:
+        query_codes: ``uint8 (Mq, bits/8)``.
+        db_codes: ``uint8 (Md, bits/8)``.
+        bits: code length.
+        per_frame: database frames kept per query frame (the nearest; ties by frame order).
+        max_distance: matches farther than this are dropped (default ``bits // 4``).
+
+    Returns:
+        ``(query frame indices, database frame indices, similarities = 1 - hamming / bits)``.
+    """
+    q = np.asarray(query_codes, dtype=np.uint8)
+    d = np.asarray(db_codes, dtype=np.uint8)
+    limit = bits // 4 if max_distance is None else int(max_distance)
+    ham = np.unpackbits(q[:, None, :] ^ d[None, :, :], axis=2).sum(axis=2)  # (Mq, Md): two videos, small
+    k = min(per_frame, d.shape[0])
+    order = np.argsort(ham, axis=1, kind="stable")[:, :k]
+    qi = np.repeat(np.arange(q.shape[0]), k)
+    di = order.reshape(-1)
+    h = ham[qi, di]
+    keep = h <= limit
+    return qi[keep], di[keep], 1.0 - h[keep] / float(bits)
+
+
+def _speeds(max_speed: float, steps: int) -> np.ndarray:
+    grid = np.exp(np.linspace(-np.log(max_speed), np.log(max_speed), 2 * steps + 1))
+    grid[steps] = 1.0
+    return grid
+
+
+def _step(times: np.ndarray) -> float:
+    t = np.unique(np.asarray(times, dtype=np.float64))
+    return float(np.median(np.diff(t))) if t.size > 1 else 1.0
+
+
+def align_segments(query_times: Sequence[float], db_times: Sequence[float], query_idx: np.ndarray,
+                   db_idx: np.ndarray, similarity: np.ndarray, *, max_speed: float = 2.0, speed_steps: int = 12,
+                   tolerance_s: float | None = None, min_matches: int = 2,
+                   max_segments: int = 3) -> list[Segment]:
+    """Matched segments between a query and a database video (module docs), best first.
+
+    Args:
+        query_times: seconds of each query frame (by frame index).
+        db_times: seconds of each database frame.
+        query_idx: query frame of each match.
+        db_idx: database frame of each match.
+        similarity: weight of each match (``1 - hamming / bits``).
+        max_speed: the largest speed change considered (and its inverse).
+        speed_steps: grid points on each side of speed 1.
+        tolerance_s: how far (database seconds) an inlier may lie from the line; default one database
+            sampling step, or one query step times the speed when that is larger.
+        min_matches: fewest inliers (distinct query frames) for a segment.
+        max_segments: most segments returned.
+
+    Returns:
+        Segments, highest score first; empty when no line gathers ``min_matches`` matches.
+    """
+    qt = np.asarray(query_times, dtype=np.float64)
+    dt = np.asarray(db_times, dtype=np.float64)
+    qi = np.asarray(query_idx, dtype=np.int64)
+    di = np.asarray(db_idx, dtype=np.int64)
+    w = np.asarray(similarity, dtype=np.float64)
+    if not (qi.shape == di.shape == w.shape):
+        raise ValueError(f"query_idx, db_idx and similarity must have one entry per match, got shapes "
+                         f"{qi.shape}, {di.shape}, {w.shape}")
+    if max_speed < 1.0:
+        raise ValueError(f"max_speed must be >= 1, got {max_speed}")
+    q_step, d_step = _step(qt), _step(dt)
+    n_query = max(len(qt), 1)
+    alive = np.ones(qi.size, dtype=bool)
+    segments: list[Segment] = []
+    speeds = _speeds(max_speed, speed_steps) if max_speed > 1.0 else np.array([1.0])
+    while len(segments) < max_segments and alive.sum() >= min_matches:
+        a = np.flatnonzero(alive)
+        tq, td, ww = qt[qi[a]], dt[di[a]], w[a]
+        best = None
+        for s in speeds:
+            tol = tolerance_s if tolerance_s is not None else max(d_step, s * q_step)
+            off = td - s * tq
+            bins = np.floor(off / tol).astype(np.int64)
+            lo = bins.min()
+            votes = np.bincount(bins - lo, weights=ww)
+            smooth = votes.copy()
+            smooth[1:] += votes[:-1]
+            smooth[:-1] += votes[1:]
+            b = int(np.argmax(smooth))
+            # prefer the speed closest to 1 on a tie (np.argmax keeps the first; grid is ordered)
+            score = smooth[b] - 1e-9 * abs(np.log(s))
+            if best is None or score > best[0]:
+                near = np.abs(bins - lo - b) <= 1
+                best = (score, s, tol, off, near)
+        _, s, tol, off, near = best
+        centre = _weighted_median(off[near], ww[near])
+        inlier = np.abs(off - centre) <= tol
+        # one match per query frame: its most similar inlier
+        idx = a[inlier]
+        if idx.size:
+            order = np.lexsort((-w[idx], qi[idx]))
+            idx = idx[order]
+            first = np.ones(idx.size, dtype=bool)
+            first[1:] = qi[idx][1:] != qi[idx][:-1]
+            idx = idx[first]
+        if idx.size < min_matches:
+            break
+        q_lo, q_hi = qt[qi[idx]].min(), qt[qi[idx]].max()
+        d_lo, d_hi = dt[di[idx]].min(), dt[di[idx]].max()
+        segments.append(Segment(
+            query_start=float(max(0.0, q_lo - q_step / 2)), query_end=float(q_hi + q_step / 2),
+            db_start=float(max(0.0, d_lo - d_step / 2)), db_end=float(d_hi + d_step / 2),
+            speed=float(s), score=float(w[idx].sum() / n_query), matches=int(idx.size)))
+        alive[a[inlier]] = False  # every match on the line, not only the ones kept
+    segments.sort(key=lambda g: -g.score)
+    return segments
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    v, c = values[order], np.cumsum(weights[order])
+    return float(v[np.searchsorted(c, c[-1] / 2)])
