@@ -81,3 +81,32 @@ def test_uneven_hand_made_shards_and_the_merge_key():
     assert dist.tolist() == [[1, 1, 1]] and video.tolist() == [[1, 1, 2]]
     with pytest.raises(ValueError, match="in shards 0 and 1"):
         ShardedFrameIndex([parts[0], parts[0]])
+
+
+def test_frame_times_survive_save_split_and_give_segments(tmp_path):
+    from vhindex.index.frame_shards import align_with
+
+    rng = np.random.default_rng(5)
+    vids = [rng.integers(0, 256, size=(n, 8), dtype=np.uint8) for n in (40, 25, 60)]
+    times = [(np.arange(len(v)) + 0.5) * 0.5 for v in vids]  # a frame every half second
+    index = FrameLevelIndex(64)
+    index.add(["a", "b", "c"], vids, times=times)
+    index.save(str(tmp_path / "fl"))
+    loaded = FrameLevelIndex.load(str(tmp_path / "fl"))
+    assert np.array_equal(loaded.times, index.times)
+    sharded = ShardedFrameIndex(split_frame_index(loaded, 3))
+    codes, t = sharded.video_frames("c")
+    assert np.array_equal(codes, vids[2]) and np.array_equal(t, times[2])
+    # the query copies c's seconds [10, 20) (frames 20..39): the segment is found in seconds
+    seg = align_with(sharded, vids[2][20:40], (np.arange(20) + 0.5) * 0.5, "c")[0]
+    assert (seg.query_start, seg.query_end, seg.db_start, seg.db_end, seg.speed) == (0.0, 10.0, 10.0, 20.0, 1.0)
+    # without times, positions stand in
+    plain = FrameLevelIndex(64)
+    plain.add(["c"], [vids[2]])
+    assert np.isnan(plain.times).all()
+    seg = align_with(plain, vids[2][20:40], None, "c")[0]
+    assert (seg.db_start, seg.db_end) == (20.0, 40.0)
+    with pytest.raises(ValueError, match="finite seconds"):
+        plain.add(["d"], [vids[0]], times=[np.arange(3)])
+    with pytest.raises(KeyError, match="'zz'"):
+        sharded.video_frames("zz")

@@ -33,7 +33,30 @@ import numpy as np
 from vhindex.index.codes import check_packed
 from vhindex.index.frames import FrameLevelIndex
 
-__all__ = ["ShardedFrameIndex", "aggregate_matches", "merge_top_frames", "split_frame_index"]
+__all__ = ["ShardedFrameIndex", "aggregate_matches", "align_with", "merge_top_frames", "split_frame_index"]
+
+
+def align_with(index: Any, query_codes: np.ndarray, query_times: np.ndarray | None, video_id: str,
+               **kwargs: Any) -> list[Any]:
+    """Matched segments (:func:`vhindex.index.align.align_segments`) of a query against one indexed video.
+
+    Frame times that are unknown (NaN) fall back to frame positions (``i + 0.5``, in frames, not seconds).
+
+    Args:
+        index: a :class:`FrameLevelIndex` or :class:`ShardedFrameIndex`.
+        query_codes: packed query frame codes.
+        query_times: seconds of the query frames (None: positions).
+        video_id: the indexed video.
+        **kwargs: passed to ``align_segments``.
+    """
+    from vhindex.index.align import align_segments, frame_matches
+
+    codes, times = index.video_frames(video_id)
+    q = np.asarray(query_codes, dtype=np.uint8)
+    qt = np.arange(q.shape[0]) + 0.5 if query_times is None else np.asarray(query_times, dtype=np.float64)
+    dt = np.where(np.isnan(times), np.arange(times.shape[0]) + 0.5, times)
+    qi, di, sim = frame_matches(q, codes, index.bits)
+    return align_segments(qt, dt, qi, di, sim, **kwargs)
 
 
 def merge_top_frames(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], top_n: int,
@@ -112,13 +135,14 @@ def split_frame_index(index: FrameLevelIndex, num_shards: int) -> list[FrameLeve
     targets = np.linspace(0, offsets[-1], num_shards + 1)[1:-1]
     cuts = np.unique(np.clip(np.searchsorted(offsets, targets), 1, max(nv - 1, 1)))
     bounds = [0, *[int(c) for c in cuts if 0 < c < nv], nv]
-    codes, ids = index.codes, index.video_ids
+    codes, ids, times = index.codes, index.video_ids, index.times
     shards = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         if b <= a:
             continue
         shard = FrameLevelIndex(index.bits, num_threads=index.num_threads, memory_budget=index.memory_budget)
         shard.add(ids[a:b], [codes[offsets[i]:offsets[i + 1]] for i in range(a, b)])
+        shard._times = times[offsets[a]:offsets[b]].copy()  # NaN (unknown) kept as is
         shards.append(shard)
     return shards
 
@@ -174,6 +198,12 @@ class ShardedFrameIndex:
         gframe = np.where(ok, idx + f0, -1)
         gvideo = np.where(ok, frame_video[np.maximum(idx, 0)] + v0, -1)
         return dist, gframe, gvideo
+
+    def video_frames(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """One video's ``(packed frame codes, frame times)`` (see :meth:`FrameLevelIndex.video_frames`)."""
+        if video_id not in self._where:
+            raise KeyError(f"video id {video_id!r} is not in this index")
+        return self.shards[self._where[video_id][0]].video_frames(video_id)
 
     def search_batch(self, queries: Sequence[Any], k: int, *, top_n: int = 1000,
                      exclude: Sequence[str | None] | None = None) -> list[tuple[list[str], np.ndarray]]:

@@ -32,7 +32,8 @@ to ``(B, M, bits/8)`` for :meth:`FrameLevelIndex.add`.
 
 Saved layout (a folder at any fsspec URL)::
 
-    codes.npz         "codes" uint8 (ntotal_frames, bits/8), "offsets" int64 (num_videos + 1)
+    codes.npz         "codes" uint8 (ntotal_frames, bits/8), "offsets" int64 (num_videos + 1),
+                      "times" float64 (ntotal_frames,) seconds, NaN = unknown (absent in older saves)
     ids.parquet       the IdMap (row number = video position)
     _manifest.json    {"format": "vhindex.frame_level", "bits", "num_videos", "ntotal_frames",
                        "bit_order", "files": {name: {"sha256", "bytes"}}}  -- written LAST
@@ -134,6 +135,9 @@ class FrameLevelIndex:
         self._codes: np.ndarray = np.empty((0, self.bits // 8), dtype=np.uint8)
         self._offsets: np.ndarray = np.zeros(1, dtype=np.int64)
         self._frame_video: np.ndarray | None = None  # cached video position of every frame
+        # seconds of every frame in its video (NaN: unknown), for temporal alignment
+        self._time_parts: list[np.ndarray] = []
+        self._times: np.ndarray = np.empty(0, dtype=np.float64)
 
     # ---------------------------------------------------------------- properties
 
@@ -164,6 +168,22 @@ class FrameLevelIndex:
             self._codes = np.ascontiguousarray(np.concatenate([self._codes, *self._parts], axis=0))
             self._parts = []
         return self._codes
+
+    @property
+    def times(self) -> np.ndarray:
+        """Seconds of every frame in its video, ``float64 (ntotal_frames,)``; NaN where not given."""
+        if self._time_parts:
+            self._times = np.concatenate([self._times, *self._time_parts])
+            self._time_parts = []
+        return self._times
+
+    def video_frames(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """One video's ``(packed frame codes (M, bits/8), frame times (M,) seconds, NaN if unknown)``."""
+        if video_id not in self.idmap:
+            raise KeyError(f"video id {video_id!r} is not in this index")
+        pos = int(self.idmap.to_ints([video_id])[0])
+        a, b = int(self._offsets[pos]), int(self._offsets[pos + 1])
+        return self.codes[a:b], self.times[a:b]
 
     @property
     def offsets(self) -> np.ndarray:
@@ -200,7 +220,8 @@ class FrameLevelIndex:
             raise ValueError(f"{what} has no frames; every video needs at least one frame code")
         return packed
 
-    def add(self, video_ids: Sequence[str], frame_codes: np.ndarray | Sequence[np.ndarray]) -> None:
+    def add(self, video_ids: Sequence[str], frame_codes: np.ndarray | Sequence[np.ndarray],
+            times: Sequence[Sequence[float]] | None = None) -> None:
         """Append videos and their frame codes; either all of them are added or none.
 
         Args:
@@ -208,6 +229,8 @@ class FrameLevelIndex:
             frame_codes: a 3-D array ``(B, M, bits/8)`` packed ``uint8`` or ``(B, M, bits)``
                 {-1,+1} (every video has ``M`` frames), or a sequence of ``B`` per-video 2-D arrays
                 ``(M_i, ...)`` in either form (frame counts may differ).
+            times: per video, the seconds of its frames (one per frame code, finite); used by
+                temporal alignment (:mod:`vhindex.index.align`). ``None``: unknown (NaN).
 
         Raises:
             ValueError: a duplicate id (named), a video with no frames, a wrong code length
@@ -234,11 +257,25 @@ class FrameLevelIndex:
                 f"got {len(ids)} video ids but {len(videos)} videos of frame codes; they must match one to one"
             )
         packed = [self._video_codes(v, f"frame codes of video {vid!r}") for vid, v in zip(ids, videos, strict=True)]
+        if times is None:
+            frame_times = [np.full(p.shape[0], np.nan) for p in packed]
+        else:
+            times = list(times)
+            if len(times) != len(packed):
+                raise ValueError(f"got {len(times)} lists of frame times for {len(packed)} videos")
+            frame_times = []
+            for vid, p, t in zip(ids, packed, times, strict=True):
+                arr = np.asarray(t, dtype=np.float64).reshape(-1)
+                if arr.shape[0] != p.shape[0] or not np.isfinite(arr).all():
+                    raise ValueError(f"frame times of video {vid!r}: need {p.shape[0]} finite seconds (one per "
+                                     f"frame code), got {arr.shape[0]} values")
+                frame_times.append(arr)
         self.idmap.add(ids)  # validates ids (type, duplicates) before anything else changes
         if not packed:
             return
         counts = np.fromiter((p.shape[0] for p in packed), dtype=np.int64, count=len(packed))
         self._parts.extend(packed)
+        self._time_parts.extend(frame_times)
         self._offsets = np.concatenate([self._offsets, self._offsets[-1] + np.cumsum(counts)])
         self._frame_video = None
 
@@ -509,7 +546,7 @@ class FrameLevelIndex:
         """Write the index folder at ``url``; the manifest (with checksums) is written last."""
         fs, root = url_to_fs(url, storage_options)
         buf = io.BytesIO()
-        np.savez(buf, codes=self.codes, offsets=self._offsets)
+        np.savez(buf, codes=self.codes, offsets=self._offsets, times=self.times)
         codes_bytes = buf.getvalue()
         ids_bytes = self.idmap.to_parquet_bytes()
         manifest = {
@@ -547,6 +584,8 @@ class FrameLevelIndex:
         self = cls(bits, num_threads=num_threads)
         with np.load(io.BytesIO(blobs[CODES_FILE]), allow_pickle=False) as npz:
             codes, offsets = npz["codes"], npz["offsets"]
+            # indexes saved before frame times existed have none: unknown
+            times = npz["times"] if "times" in npz.files else np.full(codes.shape[0], np.nan)
         idmap = IdMap.from_parquet_bytes(blobs[IDS_FILE], source=f"{url}/{IDS_FILE}")
         nv, nf = int(manifest["num_videos"]), int(manifest["ntotal_frames"])
         ok = (
@@ -565,8 +604,11 @@ class FrameLevelIndex:
                 f"{codes.dtype} {codes.shape}, offsets {offsets.dtype} {offsets.shape}, {len(idmap)} ids"
             )
         self.idmap = idmap
+        if times.shape != (nf,):
+            raise ValueError(f"{url} is inconsistent: {times.shape} frame times for {nf} frames")
         self._codes = np.ascontiguousarray(codes)
         self._offsets = offsets
+        self._times = times.astype(np.float64)
         return self
 
 
