@@ -110,3 +110,44 @@ def test_frame_times_survive_save_split_and_give_segments(tmp_path):
         plain.add(["d"], [vids[0]], times=[np.arange(3)])
     with pytest.raises(KeyError, match="'zz'"):
         sharded.video_frames("zz")
+
+
+def test_build_from_frame_features_and_a_frame_model(tmp_path, memory_url):
+    from vhindex.data import FrameDataset, FrameDatasetMeta, FrameDatasetWriter
+    from vhindex.index.frame_shards import build_sharded_frame_index, load_sharded_frame_index
+    from vhindex.models import build_model, load_model
+
+    rng = np.random.default_rng(9)
+    feats = rng.standard_normal((57, 6, 20)).astype(np.float32)
+    feats[30:40] = feats[0:10] + 0.01 * rng.standard_normal((10, 6, 20)).astype(np.float32)  # near copies
+    ids = [f"v{i:02d}" for i in range(57)]
+    with FrameDatasetWriter(str(tmp_path / "frames"), FrameDatasetMeta(num_frames=6, feature_dim=20, dtype="float32"),
+                            row_group_size=10) as w:
+        w.write(ids, feats)
+    model = build_model("itq", 16)
+    model.fit(lambda: iter([feats.reshape(-1, 1, 20)]), seed=0)
+    model.save(str(tmp_path / "frame-model"))
+    for out in (str(tmp_path / "fidx"), memory_url + "/fidx"):
+        manifest = build_sharded_frame_index(str(tmp_path / "frames"), str(tmp_path / "frame-model"), out, 4,
+                                             batch_size=7)
+        assert (manifest["num_shards"], manifest["num_videos"], manifest["ntotal_frames"]) == (4, 57, 57 * 6)
+        with pytest.raises(FileExistsError):
+            build_sharded_frame_index(str(tmp_path / "frames"), str(tmp_path / "frame-model"), out, 4)
+        sharded = load_sharded_frame_index(out)
+        # oracle: one FrameLevelIndex of the same frame codes
+        m = load_model(str(tmp_path / "frame-model"))
+        codes = m.encode_packed(FrameDataset.open(str(tmp_path / "frames")).iter_batches(100).__next__()
+                                .features.reshape(-1, 1, 20)).reshape(57, 6, -1)
+        single = FrameLevelIndex(16)
+        single.add(ids, codes)
+        queries = [codes[i] for i in (0, 5, 33)]
+        got = sharded.search_batch(queries, 8, top_n=20, exclude=["v00", None, "v33"])
+        want = single.search_batch(queries, 8, top_n=20, exclude=["v00", None, "v33"])
+        for (gi, gs), (wi, ws) in zip(got, want, strict=True):
+            assert gi == wi and gs.tobytes() == ws.tobytes()
+        assert sharded.search_batch([codes[0]], 2, exclude=["v00"])[0][0][0] == "v30"  # its near copy
+    with pytest.raises(ValueError, match="single frames"):
+        video_model = build_model("itq", 16)
+        video_model.fit(lambda: iter([feats]), seed=0)
+        video_model.save(str(tmp_path / "video-model"))
+        build_sharded_frame_index(str(tmp_path / "frames"), str(tmp_path / "video-model"), str(tmp_path / "x"), 2)

@@ -86,8 +86,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not cfg.data.train:
         raise ConfigError("fit", [("data.train", "required: URL of the training frame-feature dataset")])
     train = FrameDataset.open(cfg.data.train, cfg.data.storage_options or None)
-    model = fit_model(cfg.model.name, cfg.model.bits, train, params=cfg.model.params, seed=cfg.run.seed,
-                      batch_size=cfg.data.batch_size)
+    if args.per_frame:  # a frame model: every sampled frame is a training sample of its own (M = 1)
+        from vhindex.inprocess import frame_batches
+        from vhindex.models import build_model
+
+        d = train.meta.feature_dim
+        model = build_model(cfg.model.name, cfg.model.bits, **(cfg.model.params or {}))
+        model.fit(lambda: (b.reshape(-1, 1, d) for b in frame_batches(train, cfg.data.batch_size)), seed=cfg.run.seed)
+    else:
+        model = fit_model(cfg.model.name, cfg.model.bits, train, params=cfg.model.params, seed=cfg.run.seed,
+                          batch_size=cfg.data.batch_size)
     out = args.out or f"{cfg.run.output_dir.rstrip('/')}/model"
     model.save(out, cfg.run.storage_options or None)
     print(f"saved {model.name}-{model.bits} (version {model.version()}) to {out}")
@@ -214,6 +222,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             import ray
 
             ray.shutdown()
+
+
+def cmd_index_frames(args: argparse.Namespace) -> int:
+    """``vhindex index frames``: frame features + a frame model -> a sharded frame-level index."""
+    from vhindex.index.frame_shards import build_sharded_frame_index
+
+    manifest = build_sharded_frame_index(args.frames, args.model, args.out, args.shards,
+                                         storage_options=_storage_options(args.storage_options),
+                                         overwrite=args.overwrite)
+    print(f"indexed {manifest['ntotal_frames']} frames of {manifest['num_videos']} videos ({manifest['bits']} bits) in "
+          f"{manifest['num_shards']} shards -> {args.out} (index version {manifest['index_version']})")
+    return 0
 
 
 def cmd_index_flat(args: argparse.Namespace) -> int:
@@ -405,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit a hashing model on data.train (in-process)")
     p.add_argument("--out", help="model URL (default: <run.output_dir>/model)")
+    p.add_argument("--per-frame", action="store_true",
+                   help="fit on single frames (M = 1): a frame model for `vhindex index frames`")
     _add_config_args(p)
     p.set_defaults(func=cmd_fit)
 
@@ -445,6 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.add_argument("--storage-options", help="fsspec options as JSON")
     c.set_defaults(func=cmd_index_flat)
+    c = isub.add_parser("frames", help="frame features + a frame model (fitted on single frames) -> sharded "
+                                       "frame-level index (UTS Algorithm 1; copy search with matching segments)")
+    c.add_argument("--frames", required=True, help="frame-feature dataset URL")
+    c.add_argument("--model", required=True, help="frame model URL (a model fitted with M = 1)")
+    c.add_argument("--out", required=True, help="index folder URL")
+    c.add_argument("--shards", type=int, default=1, help="contiguous shards (default: %(default)s)")
+    c.add_argument("--overwrite", action="store_true", help="replace an index already at --out")
+    c.add_argument("--storage-options", help="fsspec options as JSON")
+    c.set_defaults(func=cmd_index_frames)
     for parent, name, helptext in ((isub, "sharded", "codes dataset -> sharded binary index (one folder per shard + "
                                                       "manifest; what `vhindex serve` serves)"),
                                    (sub, "build-index", "alias of `vhindex index sharded`")):

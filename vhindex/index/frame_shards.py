@@ -33,7 +33,9 @@ import numpy as np
 from vhindex.index.codes import check_packed
 from vhindex.index.frames import FrameLevelIndex
 
-__all__ = ["ShardedFrameIndex", "aggregate_matches", "align_with", "merge_top_frames", "split_frame_index"]
+__all__ = ["ShardedFrameIndex", "aggregate_matches", "align_with", "build_sharded_frame_index",
+           "load_sharded_frame_index", "merge_top_frames", "open_sharded_frame_index", "shard_name",
+           "split_frame_index"]
 
 
 def align_with(index: Any, query_codes: np.ndarray, query_times: np.ndarray | None, video_id: str,
@@ -246,3 +248,100 @@ class ShardedFrameIndex:
                 pos += 1
         scores = np.array(top_s, dtype=np.int64).astype(np.float64) / float(self.bits * qf_num)
         return [self.video_id(int(v)) for v in top_v], scores
+
+
+# ------------------------------------------------------------------------------ on disk
+
+FORMAT_SHARDED_FRAMES = "vhindex.sharded_frame_level"
+SHARDED_FRAMES_VERSION = 1
+TOP_MANIFEST = "_manifest.json"
+
+
+def shard_name(i: int) -> str:
+    """Folder of shard ``i`` inside a sharded frame index."""
+    return f"shard-{i:05d}"
+
+
+def build_sharded_frame_index(frames_url: str, model_url: str, out_url: str, num_shards: int, *,
+                              storage_options: dict[str, Any] | None = None, batch_size: int = 1024,
+                              overwrite: bool = False) -> dict[str, Any]:
+    """Frame-feature dataset + a frame model -> a sharded frame-level index (``vhindex index frames``).
+
+    Every sampled frame of every video is encoded on its own by ``model_url`` (a model fitted with
+    ``M = 1``: LSH / ITQ on single frames as UTS does, or a frame student); the videos are cut into
+    ``num_shards`` contiguous runs of about equal size (fewer for tiny datasets), each saved as a
+    :class:`FrameLevelIndex` under ``<out>/shard-XXXXX``; the top manifest is written last, so a crashed
+    build leaves nothing openable. Memory: the packed codes (``bits / 8`` bytes per frame) plus one batch
+    of features.
+
+    Returns:
+        The top manifest: ``{"format", "bits", "num_shards", "num_videos", "ntotal_frames",
+        "model_version", "index_version", "shards": [{"name", "videos", "frames"}]}``.
+    """
+    import hashlib
+
+    from vhindex.data import FrameDataset
+    from vhindex.fs import join, url_to_fs, write_json_atomic
+    from vhindex.models import load_model
+
+    fs, root = url_to_fs(out_url, storage_options)
+    top = join(fs, root, TOP_MANIFEST)
+    if fs.exists(top):
+        if not overwrite:
+            raise FileExistsError(f"{out_url} already holds a sharded frame index (pass overwrite=True to replace it)")
+        fs.rm(top)
+    model = load_model(model_url, storage_options)
+    if model.num_frames != 1:
+        raise ValueError(f"{model_url} encodes {model.num_frames} frames at once; a frame index needs a model fitted on "
+                         "single frames (M = 1)")
+    ds = FrameDataset.open(frames_url, storage_options)
+    if ds.meta.feature_dim != model.feature_dim:
+        raise ValueError(f"{frames_url} has {ds.meta.feature_dim}-d features, the model takes {model.feature_dim}-d")
+    ids: list[str] = []
+    codes: list[np.ndarray] = []
+    for batch in ds.iter_batches(batch_size, columns=("video_id", "features")):
+        b, m, d = batch.features.shape
+        codes.append(model.encode_packed(batch.features.reshape(b * m, 1, d)).reshape(b, m, -1))
+        ids.extend(batch.video_ids)
+    if not ids:
+        raise ValueError(f"{frames_url} has no videos; nothing to index")
+    all_codes = np.concatenate(codes)
+    n = len(ids)
+    bounds = np.linspace(0, n, min(num_shards, n) + 1).round().astype(int)
+    shards = []
+    h = hashlib.sha256(model.version().encode())
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        shard = FrameLevelIndex(model.bits)
+        shard.add(ids[a:b], all_codes[a:b])
+        shard.save(f"{out_url.rstrip('/')}/{shard_name(i)}", storage_options)
+        h.update(f"{i}:{b - a}:{shard.ntotal_frames}:".encode())
+        h.update(all_codes[a:b].tobytes())
+        h.update("\0".join(ids[a:b]).encode())
+        shards.append({"name": shard_name(i), "videos": int(b - a), "frames": int(shard.ntotal_frames)})
+    manifest = {"format": FORMAT_SHARDED_FRAMES, "format_version": SHARDED_FRAMES_VERSION, "bits": model.bits,
+                "num_shards": len(shards), "num_videos": n, "ntotal_frames": int(sum(s["frames"] for s in shards)),
+                "model_version": model.version(), "index_version": h.hexdigest()[:16], "shards": shards}
+    write_json_atomic(fs, top, manifest)
+    return manifest
+
+
+def open_sharded_frame_index(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The top manifest of a sharded frame index (raises naming the URL when it is not one)."""
+    from vhindex.fs import join, read_json, url_to_fs
+
+    fs, root = url_to_fs(url, storage_options)
+    path = join(fs, root, TOP_MANIFEST)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no {TOP_MANIFEST} in {url}: not a sharded frame index, or its build did not finish")
+    manifest = read_json(fs, path)
+    if manifest.get("format") != FORMAT_SHARDED_FRAMES or manifest.get("format_version") != SHARDED_FRAMES_VERSION:
+        raise ValueError(f"{url} holds {manifest.get('format')!r} v{manifest.get('format_version')}, expected "
+                         f"{FORMAT_SHARDED_FRAMES!r} v{SHARDED_FRAMES_VERSION}")
+    return manifest
+
+
+def load_sharded_frame_index(url: str, storage_options: dict[str, Any] | None = None) -> ShardedFrameIndex:
+    """Every shard of a sharded frame index, in memory (for in-process search and tests)."""
+    manifest = open_sharded_frame_index(url, storage_options)
+    return ShardedFrameIndex([FrameLevelIndex.load(f"{url.rstrip('/')}/{s['name']}", storage_options)
+                              for s in manifest["shards"]])
