@@ -22,12 +22,13 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["AdaptiveBatcher", "BatchRequest", "ErrorBody", "FanOut", "Query", "QueryResolver", "RequestError",
+__all__ = ["AdaptiveBatcher", "BatchRequest", "ErrorBody", "FanOut", "FrameSearch", "Query", "QueryResolver",
+           "RequestError",
            "RequestGate", "SearchRequest", "VersionNotLoaded", "VideoUrlRequest", "check_video_url", "hits",
            "json_depth"]
 
@@ -36,20 +37,34 @@ logger = logging.getLogger(__name__)
 
 class Query(BaseModel):
     """One query: exactly one of ``code`` (hex, msb0), ``video_id`` (an indexed video) or ``features``
-    (M x D frame features, encoded by the service's model); ``category`` selects a mask (DVHCM)."""
+    (M x D frame features, encoded by the service's model); ``category`` selects a mask (DVHCM).
+
+    ``level: "frame"`` searches the frame-level index (``serve.frame_index``) with the query's frame codes:
+    an indexed ``video_id``'s, or ``frame_codes`` (hex per frame, optional ``frame_times`` in seconds)."""
 
     model_config = ConfigDict(extra="forbid")
     code: str | None = None
     video_id: str | None = Field(None, min_length=1, max_length=1024)
     features: list[list[float]] | None = None
+    frame_codes: list[str] | None = Field(None, min_length=1, max_length=10_000)
+    frame_times: list[float] | None = None
+    level: Literal["video", "frame"] = "video"
     category: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Query":
-        given = [k for k in ("code", "video_id", "features") if getattr(self, k) is not None]
+        given = [k for k in ("code", "video_id", "features", "frame_codes") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'code' (hex), 'video_id' or 'features'"
+            raise ValueError("give exactly one of 'code' (hex), 'video_id', 'features' or 'frame_codes'"
                              + (f"; got {given}" if given else ""))
+        if self.level == "frame" and given[0] not in ("video_id", "frame_codes"):
+            raise ValueError(f"level 'frame' searches by 'video_id' or 'frame_codes', not by '{given[0]}'")
+        if self.level == "video" and given[0] == "frame_codes":
+            raise ValueError("'frame_codes' need level 'frame'")
+        if self.frame_times is not None and (self.frame_codes is None or len(self.frame_times) != len(self.frame_codes)):
+            raise ValueError("'frame_times' needs 'frame_codes', one time per frame code")
+        if self.level == "frame" and self.category is not None:
+            raise ValueError("'category' applies to level 'video' only")
         return self
 
 
@@ -57,6 +72,11 @@ class SearchRequest(Query):
     """``POST /search`` body."""
 
     k: int = Field(10, description="neighbours to return")
+    top_n: int | None = Field(None, ge=1, le=100_000, description="level frame: gallery frames per query frame "
+                                                                  "(Algorithm 1's N; default serve.frame_top_n)")
+    segments: bool = Field(True, description="level frame: the matched segment pairs of every result")
+    exclude_self: bool = Field(False, description="level frame, by video_id: leave that video out of the "
+                                                  "gallery (leave-one-out), instead of ranking it first")
 
 
 class BatchRequest(BaseModel):
@@ -327,6 +347,131 @@ class FanOut:
 def hits(dist: np.ndarray, ids: np.ndarray) -> list[dict[str, Any]]:
     """One query's answer as JSON: ``[{"video_id", "distance"}]`` (empty slots dropped)."""
     return [{"video_id": v, "distance": int(d)} for d, v in zip(dist, ids, strict=True) if v is not None]
+
+
+# ------------------------------------------------------------------------------------ frame level
+
+
+class FrameSearch:
+    """Frame-level search over the shards of a sharded frame index (:mod:`vhindex.index.frame_shards`):
+    each shard's top-N frames per query frame, the exact merge, Algorithm 1's scores, the ranking with
+    zero-score fill in gallery order, and the matched segments of every result.
+
+    Args:
+        call: ``async (shard, method, *args) -> reply`` on a frame shard (``top_frames``, ``video_frames``,
+            ``ids_at``, ``locate``); an exception means the shard did not answer.
+        manifest: the index's top manifest (``bits``, ``num_videos``, ``ntotal_frames``, ``shards``).
+    """
+
+    def __init__(self, call: Callable[..., Awaitable[Any]], manifest: dict[str, Any]) -> None:
+        self.call = call
+        self.bits = int(manifest["bits"])
+        self.num_videos = int(manifest["num_videos"])
+        self.ntotal_frames = int(manifest["ntotal_frames"])
+        self.version = str(manifest["index_version"])
+        counts = [int(x["videos"]) for x in manifest["shards"]]
+        self.video_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.num_shards = len(counts)
+
+    def _shard_of(self, position: int) -> int:
+        return int(np.searchsorted(self.video_offsets, position, side="right")) - 1
+
+    async def query_frames(self, q: Query) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """``(packed frame codes, frame times or None, excluded global position or -1)`` of a query."""
+        from vhindex.index.codes import hex_to_code
+
+        if q.frame_codes is not None:
+            try:
+                codes = np.stack([hex_to_code(h, self.bits) for h in q.frame_codes])
+            except ValueError as err:
+                raise RequestError(400, f"frame_codes: {err}") from None
+            times = None if q.frame_times is None else np.asarray(q.frame_times, dtype=np.float64)
+            if times is not None and not np.isfinite(times).all():
+                raise RequestError(400, "frame_times: NaN or Inf values")
+            return codes, times, -1
+        replies = await asyncio.gather(*[self.call(s, "video_frames", [q.video_id]) for s in range(self.num_shards)],
+                                       return_exceptions=True)
+        for r in replies:
+            if not isinstance(r, BaseException) and r[0] is not None:
+                codes, times, position = r[0]
+                times = np.asarray(times, dtype=np.float64)
+                exclude = int(position) if getattr(q, "exclude_self", False) else -1
+                return np.asarray(codes, dtype=np.uint8), (None if np.isnan(times).any() else times), exclude
+        missing = [s for s, r in enumerate(replies) if isinstance(r, BaseException)]
+        extra = f" (frame shards {missing} did not answer)" if missing else ""
+        raise RequestError(404, f"video_id: {q.video_id!r} is not in the frame index{extra}")
+
+    async def search(self, frames: np.ndarray, times: np.ndarray | None, exclude: int, k: int, top_n: int,
+                     segments: bool) -> dict[str, Any]:
+        """The answer of one frame-level query (results with ``score`` and ``segments``)."""
+        from vhindex.index.frame_shards import aggregate_matches, fill_positions, merge_top_frames, rank_frame_scores
+
+        row_excl = np.full(frames.shape[0], exclude, dtype=np.int64)
+        replies = await asyncio.gather(*[self.call(s, "top_frames", frames, top_n, row_excl)
+                                         for s in range(self.num_shards)], return_exceptions=True)
+        parts, missing = [], []
+        for s, r in enumerate(replies):
+            if isinstance(r, BaseException):
+                missing.append(s)
+                logger.error("frame shard %d unavailable: %s", s, r)
+            else:
+                parts.append(r)
+        if not parts:
+            raise RequestError(503, f"no frame shard answered (shards {missing}); retry later")
+        dist, video = merge_top_frames(parts, top_n, self.ntotal_frames)
+        (videos, sums), = aggregate_matches(dist, video, np.array([frames.shape[0]]), self.bits)
+        pos, top = rank_frame_scores(videos, sums, k)
+        positions = [int(p) for p in pos]
+        scores = [int(x) for x in top]
+        if len(positions) < k:
+            fill = fill_positions(videos, exclude, k - len(positions), self.num_videos)
+            positions += fill
+            scores += [0] * len(fill)
+        by_shard: dict[int, list[int]] = {}
+        for p in positions:
+            by_shard.setdefault(self._shard_of(p), []).append(p)
+        names: dict[int, str] = {}
+        for s, plist in by_shard.items():
+            if s in missing:
+                continue
+            for p, vid in zip(plist, await self.call(s, "ids_at", plist), strict=True):
+                names[p] = vid
+        results = []
+        denom = float(self.bits * frames.shape[0])
+        for p, sc in zip(positions, scores, strict=True):
+            if p in names:
+                results.append({"video_id": names[p], "score": sc / denom})
+        if segments:
+            await self._segments(results, frames, times)
+        return {"results": results, "partial": bool(missing), "missing_shards": missing,
+                "frame_index_version": self.version}
+
+    async def _segments(self, results: list[dict[str, Any]], frames: np.ndarray, times: np.ndarray | None) -> None:
+        from vhindex.index.align import align_segments, frame_matches
+
+        hits = [r for r in results if r["score"] > 0]
+        if not hits:
+            for r in results:
+                r["segments"] = []
+            return
+        ids = [r["video_id"] for r in hits]
+        replies = await asyncio.gather(*[self.call(s, "video_frames", ids) for s in range(self.num_shards)],
+                                       return_exceptions=True)
+        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for r in replies:
+            if isinstance(r, BaseException):
+                continue
+            for vid, item in zip(ids, r, strict=True):
+                if item is not None:
+                    found[vid] = (np.asarray(item[0], dtype=np.uint8), np.asarray(item[1], dtype=np.float64))
+        qt = np.arange(frames.shape[0]) + 0.5 if times is None else times
+        for r in results:
+            r["segments"] = []
+            if r["video_id"] in found and r["score"] > 0:
+                codes, dt = found[r["video_id"]]
+                dt = np.where(np.isnan(dt), np.arange(dt.shape[0]) + 0.5, dt)
+                qi, di, sim = frame_matches(frames, codes, self.bits)
+                r["segments"] = [g.as_dict() for g in align_segments(qt, dt, qi, di, sim)]
 
 
 # ------------------------------------------------------------------------------------ batching

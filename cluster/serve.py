@@ -45,7 +45,7 @@ from pydantic import BaseModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AdaptiveBatcher", "EncoderServer", "IndexShardServer", "Router", "VideoEncoderServer", "build_app", "deploy", "direct_endpoints",
+__all__ = ["AdaptiveBatcher", "EncoderServer", "FrameShardServer", "IndexShardServer", "Router", "VideoEncoderServer", "build_app", "deploy", "direct_endpoints",
            "proxy_url", "reachable_host", "serve_cluster_env", "service_url"]
 
 from ray import serve  # noqa: E402  (cluster.* may import Ray; vhindex.* never does)
@@ -204,6 +204,57 @@ class IndexShardServer:
         """Serve's health probe: fail when no index is loaded (the replica is then replaced)."""
         if self.current is None or self.current not in self.versions:
             raise RuntimeError(f"shard {self.shard_id}: no index loaded")
+
+
+class FrameShardServer:
+    """One shard of a sharded frame-level index (:mod:`vhindex.index.frame_shards`).
+
+    Args:
+        shard_id: which shard.
+        index_url: the sharded frame index.
+        storage_options: fsspec options.
+        faiss_threads: faiss OpenMP threads.
+    """
+
+    def __init__(self, shard_id: int, index_url: str, storage_options: dict[str, Any] | None = None,
+                 faiss_threads: int = 1) -> None:
+        from vhindex.index.frame_shards import open_sharded_frame_index
+        from vhindex.index.frames import FrameLevelIndex
+
+        manifest = open_sharded_frame_index(index_url, storage_options)
+        shards = manifest["shards"]
+        self.shard_id = shard_id
+        self.first_video = int(sum(x["videos"] for x in shards[:shard_id]))
+        self.first_frame = int(sum(x["frames"] for x in shards[:shard_id]))
+        self.index = FrameLevelIndex.load(f"{index_url.rstrip('/')}/{shards[shard_id]['name']}", storage_options,
+                                          num_threads=faiss_threads)
+        self.version = str(manifest["index_version"])
+
+    async def top_frames(self, frames: np.ndarray, top_n: int, exclude: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(distances, global frame indices, global video positions)`` per query frame."""
+        from vhindex.index.frame_shards import shard_top_frames
+
+        return await asyncio.to_thread(shard_top_frames, self.index, self.first_video, self.first_frame, frames,
+                                       top_n, exclude)
+
+    async def video_frames(self, video_ids: list[str]) -> list[Any]:
+        """Per id: ``(frame codes, frame times, global position)`` when this shard holds it, else None."""
+        out: list[Any] = []
+        for vid in video_ids:
+            if vid in self.index.idmap:
+                codes, times = self.index.video_frames(vid)
+                pos = self.first_video + int(self.index.idmap.to_ints([vid])[0])
+                out.append((codes, times, pos))
+            else:
+                out.append(None)
+        return out
+
+    async def ids_at(self, positions: list[int]) -> list[str]:
+        """Video ids at global gallery positions of this shard."""
+        return self.index.idmap.to_ids(np.asarray(positions, dtype=np.int64) - self.first_video).tolist()
+
+    def check_health(self) -> None:
+        """Serve's health probe (the index is loaded in the constructor)."""
 
 
 class EncoderServer:
@@ -398,13 +449,14 @@ class Router:
         shards: one deployment handle per shard, in shard order.
         encoder: encoder handle (``None``: feature queries are refused with 400).
         video_encoder: :class:`VideoEncoderServer` handle (``None``: ``/search/video`` answers 400).
+        frame_shards: one :class:`FrameShardServer` handle per frame shard (``serve.frame_index``), or None.
         settings: the :class:`vhindex.config.ServeSection` (its ``index`` arrives through ``user_config``).
         token_sha256: SHA-256 of the bearer token (:func:`build_app` reads the token where the app is built;
             only its hash travels to the replicas); None: no auth.
     """
 
     def __init__(self, shards: list[Any], encoder: Any, settings: Any, token_sha256: str | None = None,
-                 video_encoder: Any = None) -> None:
+                 video_encoder: Any = None, frame_shards: list[Any] | None = None) -> None:
         from ray.serve._private import constants as serve_constants
 
         if serve_constants.RAY_SERVE_USE_GRPC_BY_DEFAULT:
@@ -417,6 +469,14 @@ class Router:
         self.encoder = encoder
         # by reference (Ray's object store), not gRPC: an upload can be tens of MB
         self.video_encoder = video_encoder
+        self.frame_shards = list(frame_shards or [])
+        self.frame_search = None
+        if self.frame_shards:
+            from cluster.router import FrameSearch
+            from vhindex.index.frame_shards import open_sharded_frame_index
+
+            self.frame_search = FrameSearch(self._frame_call, open_sharded_frame_index(
+                settings.frame_index, settings.storage_options or None))
         self.settings = settings
         self.storage_options = settings.storage_options or None
         self.version: str | None = None  # set by the first reconfigure (Serve applies user_config at start)
@@ -509,6 +569,31 @@ class Router:
                                type(err).__name__)
         assert last is not None
         raise last
+
+    async def _frame_call(self, shard: int, method: str, *args: Any) -> Any:
+        """One frame-shard call with the per-shard deadline and retries (a retry lands on another replica)."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        last: BaseException | None = None
+        for attempt in range(self.settings.retries + 1):
+            try:
+                return await asyncio.wait_for(getattr(self.frame_shards[shard], method).remote(*args),
+                                              timeout=max(self.settings.shard_timeout_s, 10.0))
+            except (ActorDiedError, ActorUnavailableError, RayActorError, asyncio.TimeoutError) as err:
+                last = err
+                logger.warning("frame shard %d %s attempt %d failed: %s", shard, method, attempt + 1,
+                               type(err).__name__)
+        assert last is not None
+        raise last
+
+    async def _search_frames(self, req: Any, k: int, t0: float) -> JSONResponse:
+        if self.frame_search is None:
+            raise RequestError(400, "level 'frame' needs a frame-level index (serve.frame_index)")
+        top_n = req.top_n or self.settings.frame_top_n
+        frames, times, exclude = await self.frame_search.query_frames(req)
+        answer = await self.frame_search.search(frames, times, exclude, k, top_n, req.segments)
+        return JSONResponse({**answer, "k": k, "level": "frame", "top_n": top_n,
+                             "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
 
     # -- the direct data plane (cluster.dataplane) ---------------------------------------------------
     #: seconds between data-endpoint refreshes of a shard (new replicas are found within this time)
@@ -625,6 +710,8 @@ class Router:
         t0 = time.perf_counter()
         req = await self._body(request, SearchRequest)
         k = self.gate.check_k(req.k)
+        if req.level == "frame":
+            return await self._search_frames(req, k, t0)
         packed = await self.resolver.codes([req], self.bits)
         item = (packed[0].tobytes(), k, req.category)
         adaptive = self.settings.batching == "adaptive"
@@ -644,6 +731,8 @@ class Router:
         req = await self._body(request, BatchRequest)
         k = self.gate.check_k(req.k)
         self.gate.check_batch(len(req.queries))
+        if any(q.level == "frame" for q in req.queries):
+            raise RequestError(400, "level 'frame' is searched one query at a time (POST /search)")
         packed = await self.resolver.codes(req.queries, self.bits)
         cats = [q.category for q in req.queries]
         if all(c is None for c in cats):
@@ -775,6 +864,9 @@ class Router:
         info.update(serving_version=self.version, pending_version=self.target if self.target != self.version else None,
                     max_k=s.max_k, max_batch=s.max_batch, feature_queries=self.encoder is not None,
                     video_queries=self.video_encoder is not None,
+                    frame_index=None if self.frame_search is None else {
+                        "shards": self.frame_search.num_shards, "videos": self.frame_search.num_videos,
+                        "frames": self.frame_search.ntotal_frames, "version": self.frame_search.version},
                     router_counters=self.counters, batching=s.batching, serve_mode=self.runtime_mode(),
                     data_plane={"enabled": s.data_plane,
                                 "endpoints": {str(i): len(self._planes.get(i, [])) for i in range(len(self.shards))}})
@@ -848,6 +940,18 @@ def build_app(args: dict[str, Any]) -> Any:
                                                                      "num_gpus": settings.video_gpus},
                                                   max_ongoing_requests=8, logging_config=logging_config),
                                   settings.model, so, video_settings).bind(settings.model, so, video_settings)
+    frame_shards = None
+    if settings.frame_index:
+        from vhindex.index.frame_shards import open_sharded_frame_index
+
+        fm = open_sharded_frame_index(settings.frame_index, so)
+        frame_shards = [
+            versioned(serve.deployment(FrameShardServer, name=f"FrameShard{i}", num_replicas=settings.replicas,
+                                       ray_actor_options={"num_cpus": settings.shard_cpus}, max_ongoing_requests=64,
+                                       health_check_period_s=5, logging_config=logging_config),
+                      i, settings.frame_index, fm["index_version"], so, settings.faiss_threads)
+            .bind(i, settings.frame_index, so, settings.faiss_threads)
+            for i in range(int(fm["num_shards"]))]
     # the index travels in user_config (a new one hot-swaps instead of restarting the router)
     router_settings = settings.model_copy(update={"index": None})
     token_sha256 = None
@@ -862,7 +966,7 @@ def build_app(args: dict[str, Any]) -> Any:
                                             user_config=user_config, max_ongoing_requests=256,
                                             logging_config=logging_config),
                            len(shards), settings.model, router_settings.model_dump(mode="json"), token_sha256)
-    return router_dep.bind(shards, encoder, router_settings, token_sha256, video_encoder)
+    return router_dep.bind(shards, encoder, router_settings, token_sha256, video_encoder, frame_shards)
 
 
 #: router replicas of the fast path take ports in [direct_port, direct_port + DIRECT_PORT_SPAN)

@@ -469,6 +469,11 @@ class ServeSection(_Section):
     auth_token_env: str | None = Field(
         None, description="Name of an environment variable holding a bearer token; when set, every request "
                           "must send `Authorization: Bearer <token>` (the token itself never goes in config).")
+    frame_index: str | None = Field(None, description="URL of a sharded frame-level index (`vhindex index frames`): "
+                                                      "enables `level: frame` queries (UTS Algorithm 1 + matched "
+                                                      "segments), one deployment per frame shard.")
+    frame_top_n: int = Field(1000, gt=0, le=100_000, description="Gallery frames per query frame (Algorithm 1's N) "
+                                                                 "when a request does not say.")
     max_json_depth: int = Field(16, gt=1, le=1000, description="JSON bodies nested deeper get 400 (checked before "
                                                                  "parsing; queries need 5 levels).")
     video_queries: bool = Field(False, description="Enable POST /search/video: an encoder deployment decodes uploaded "

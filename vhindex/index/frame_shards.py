@@ -33,7 +33,8 @@ import numpy as np
 from vhindex.index.codes import check_packed
 from vhindex.index.frames import FrameLevelIndex
 
-__all__ = ["ShardedFrameIndex", "aggregate_matches", "align_with", "build_sharded_frame_index",
+__all__ = ["ShardedFrameIndex", "aggregate_matches", "align_with", "build_sharded_frame_index", "fill_positions",
+           "rank_frame_scores", "shard_top_frames",
            "load_sharded_frame_index", "merge_top_frames", "open_sharded_frame_index", "shard_name",
            "split_frame_index"]
 
@@ -127,6 +128,47 @@ def aggregate_matches(dist: np.ndarray, video: np.ndarray, qf: np.ndarray,
     return out
 
 
+def shard_top_frames(shard: FrameLevelIndex, first_video: int, first_frame: int, frames: np.ndarray, top_n: int,
+                     exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One shard's step: ``(distances, global frame indices, global video positions)`` per query frame.
+
+    Args:
+        shard: the shard's gallery.
+        first_video: global position of its first video.
+        first_frame: global index of its first frame.
+        frames: packed query frame codes ``(F, bits/8)``.
+        top_n: frames per query frame.
+        exclude: ``int64 (F,)`` global video positions to leave out (``-1``: none); only this shard's apply.
+    """
+    v0, f0 = int(first_video), int(first_frame)
+    exclude = np.asarray(exclude, dtype=np.int64)
+    local = np.where((exclude >= v0) & (exclude < v0 + shard.num_videos), exclude - v0, -1)
+    dist, idx = shard.top_frames(frames, top_n, local)
+    frame_video = np.repeat(np.arange(shard.num_videos, dtype=np.int64), shard.frame_counts)
+    ok = idx >= 0
+    gframe = np.where(ok, idx + f0, -1)
+    gvideo = np.where(ok, frame_video[np.maximum(idx, 0)] + v0, -1)
+    return dist, gframe, gvideo
+
+
+def rank_frame_scores(videos: np.ndarray, sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` of the hit videos by (match sum descending, global position): ``(positions, sums)``."""
+    order = np.lexsort((videos, -sums))[:k]
+    return videos[order], sums[order]
+
+
+def fill_positions(hit: np.ndarray, excluded: int, need: int, num_videos: int) -> list[int]:
+    """The first ``need`` global positions that were not hit nor excluded (zero-score fill, gallery order)."""
+    taken = set(int(v) for v in hit)
+    out: list[int] = []
+    pos = 0
+    while len(out) < need and pos < num_videos:
+        if pos not in taken and pos != excluded:
+            out.append(pos)
+        pos += 1
+    return out
+
+
 def split_frame_index(index: FrameLevelIndex, num_shards: int) -> list[FrameLevelIndex]:
     """Cut a gallery into ``num_shards`` contiguous runs of videos with about equal frame counts
     (fewer when it has fewer videos)."""
@@ -187,19 +229,9 @@ class ShardedFrameIndex:
 
     def shard_top_frames(self, s: int, frames: np.ndarray, top_n: int,
                          exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Shard ``s``'s step: ``(distances, global frame indices, global video positions)`` per query frame.
-
-        ``exclude`` holds global video positions (or -1); only this shard's are applied here.
-        """
-        shard = self.shards[s]
-        v0, f0 = int(self.video_offsets[s]), int(self.frame_offsets[s])
-        local = np.where((exclude >= v0) & (exclude < v0 + shard.num_videos), exclude - v0, -1)
-        dist, idx = shard.top_frames(frames, top_n, local)
-        frame_video = np.repeat(np.arange(shard.num_videos, dtype=np.int64), shard.frame_counts)
-        ok = idx >= 0
-        gframe = np.where(ok, idx + f0, -1)
-        gvideo = np.where(ok, frame_video[np.maximum(idx, 0)] + v0, -1)
-        return dist, gframe, gvideo
+        """Shard ``s``'s step (:func:`shard_top_frames`)."""
+        return shard_top_frames(self.shards[s], int(self.video_offsets[s]), int(self.frame_offsets[s]), frames,
+                                top_n, exclude)
 
     def video_frames(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """One video's ``(packed frame codes, frame times)`` (see :meth:`FrameLevelIndex.video_frames`)."""
@@ -236,16 +268,12 @@ class ShardedFrameIndex:
 
     def _rank(self, videos: np.ndarray, sums: np.ndarray, qf_num: int, excluded: int,
               k: int) -> tuple[list[str], np.ndarray]:
-        order = np.lexsort((videos, -sums))[:k]
-        top_v, top_s = list(videos[order]), list(sums[order])
+        pos, top = rank_frame_scores(videos, sums, k)
+        top_v, top_s = list(pos), list(top)
         if len(top_v) < k:  # zero-score videos fill up in gallery order, the excluded one left out
-            hit = set(int(v) for v in videos)
-            pos = 0
-            while len(top_v) < k and pos < self.num_videos:
-                if pos not in hit and pos != excluded:
-                    top_v.append(pos)
-                    top_s.append(0)
-                pos += 1
+            fill = fill_positions(videos, excluded, k - len(top_v), self.num_videos)
+            top_v += fill
+            top_s += [0] * len(fill)
         scores = np.array(top_s, dtype=np.int64).astype(np.float64) / float(self.bits * qf_num)
         return [self.video_id(int(v)) for v in top_v], scores
 
