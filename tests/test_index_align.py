@@ -86,8 +86,8 @@ def test_two_copied_parts_give_two_segments_and_unrelated_videos_none():
 def test_frame_matches_and_bad_input():
     d = np.array([[0x00], [0xFF], [0x0F]], dtype=np.uint8)
     q = np.array([[0x01], [0xF0]], dtype=np.uint8)
-    qi, di, sim = frame_matches(q, d, 8, per_frame=2, max_distance=4)
-    # query 0: 0x00 at 1, 0x0F at 3 (0xFF at 7 dropped); query 1: 0xFF at 4 and 0x00 at 4 (tie: frame order)
+    qi, di, sim = frame_matches(q, d, 8, slack=2, max_distance=4)
+    # query 0: nearest 0x00 at 1, 0x0F at 3 within the slack (0xFF at 7 not); query 1: 0x00 and 0xFF both at 4
     assert list(zip(qi.tolist(), di.tolist(), sim.tolist(), strict=True)) == [
         (0, 0, 1 - 1 / 8), (0, 2, 1 - 3 / 8), (1, 0, 0.5), (1, 1, 0.5)]
     with pytest.raises(ValueError, match="one entry per match"):

@@ -60,15 +60,19 @@ class Segment:
                 "speed": round(self.speed, 4), "score": round(self.score, 6), "matches": self.matches}
 
 
-def frame_matches(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, *, per_frame: int = 2,
+def frame_matches(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, *, slack: int | None = None,
                   max_distance: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frame matches between two videos' packed frame codes.
+
+    Every database frame within ``slack`` bits of a query frame's nearest one is a candidate (not just the
+    nearest: in slow or static footage many frames are equally close, and keeping one of them -- the first
+    -- would pile every match onto the start of the video).
 
     Args:
         query_codes: ``uint8 (Mq, bits/8)``.
         db_codes: ``uint8 (Md, bits/8)``.
         bits: code length.
-        per_frame: database frames kept per query frame (the nearest; ties by frame order).
+        slack: extra bits over the nearest distance a candidate may have (default ``bits // 16``).
         max_distance: matches farther than this are dropped (default ``bits // 4``).
 
     Returns:
@@ -77,14 +81,12 @@ def frame_matches(query_codes: np.ndarray, db_codes: np.ndarray, bits: int, *, p
     q = np.asarray(query_codes, dtype=np.uint8)
     d = np.asarray(db_codes, dtype=np.uint8)
     limit = bits // 4 if max_distance is None else int(max_distance)
+    slack = bits // 16 if slack is None else int(slack)
     ham = np.unpackbits(q[:, None, :] ^ d[None, :, :], axis=2).sum(axis=2)  # (Mq, Md): two videos, small
-    k = min(per_frame, d.shape[0])
-    order = np.argsort(ham, axis=1, kind="stable")[:, :k]
-    qi = np.repeat(np.arange(q.shape[0]), k)
-    di = order.reshape(-1)
-    h = ham[qi, di]
-    keep = h <= limit
-    return qi[keep], di[keep], 1.0 - h[keep] / float(bits)
+    nearest = ham.min(axis=1, keepdims=True)
+    keep = (ham <= nearest + slack) & (ham <= limit)
+    qi, di = np.nonzero(keep)
+    return qi, di, 1.0 - ham[qi, di] / float(bits)
 
 
 def _speeds(max_speed: float, steps: int) -> np.ndarray:
@@ -142,18 +144,22 @@ def align_segments(query_times: Sequence[float], db_times: Sequence[float], quer
         for s in speeds:
             tol = tolerance_s if tolerance_s is not None else max(d_step, s * q_step)
             off = td - s * tq
-            bins = np.floor(off / tol).astype(np.int64)
-            lo = bins.min()
-            votes = np.bincount(bins - lo, weights=ww)
-            smooth = votes.copy()
-            smooth[1:] += votes[:-1]
-            smooth[:-1] += votes[1:]
-            b = int(np.argmax(smooth))
-            # prefer the speed closest to 1 on a tie (np.argmax keeps the first; grid is ordered)
-            score = smooth[b] - 1e-9 * abs(np.log(s))
-            if best is None or score > best[0]:
-                near = np.abs(bins - lo - b) <= 1
-                best = (score, s, tol, off, near)
+            for shift in (0.0, 0.5):  # two grids staggered by half a bin: no line is split by a bin edge
+                bins = np.floor(off / (2 * tol) + shift).astype(np.int64)
+                # each query frame votes once per bin, with its best similarity there
+                key = (bins - bins.min()) * (qi.max() + 1) + qi[a]
+                order = np.lexsort((-ww, key))
+                first = np.ones(order.size, dtype=bool)
+                first[1:] = key[order][1:] != key[order][:-1]
+                sel = order[first]
+                votes = np.bincount(bins[sel] - bins.min(), weights=ww[sel])
+                b = int(np.argmax(votes))
+                near = bins - bins.min() == b
+                span = float(td[near].max() - td[near].min()) if near.any() else 0.0
+                # more votes first; then the speed nearest 1; then the longer database span
+                score = (round(float(votes[b]), 9), -abs(float(np.log(s))), span)
+                if best is None or score > best[0]:
+                    best = (score, s, tol, off, near)
         _, s, tol, off, near = best
         centre = _weighted_median(off[near], ww[near])
         inlier = np.abs(off - centre) <= tol
