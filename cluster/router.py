@@ -93,6 +93,7 @@ class VideoUrlRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(min_length=1, max_length=4096, description="fsspec URL under an allowed prefix")
     k: int = Field(10, description="neighbours to return")
+    level: Literal["video", "frame"] = Field("video", description="frame: frame-level copy search with segments")
 
 
 class ErrorBody(BaseModel):

@@ -301,6 +301,8 @@ class VideoEncoderServer:
 
         torch.set_num_threads(int(settings["video_threads"]))
         self.model = load_model(model_url, storage_options)
+        frame_model = settings.get("frame_model")
+        self.frame_model = load_model(frame_model, storage_options) if frame_model else None
         self.storage_options = storage_options
         self.prefixes = list(settings.get("video_url_prefixes") or [])
         self.max_seconds = float(settings["max_video_seconds"])
@@ -318,12 +320,13 @@ class VideoEncoderServer:
         return {**self.extractor.describe(), "runtime": self.extractor.runtime, "device": str(self.extractor.device),
                 "pid": os.getpid()}
 
-    async def encode_video(self, video: bytes | str) -> dict[str, Any]:
+    async def encode_video(self, video: bytes | str, level: str = "video") -> dict[str, Any]:
         """``{"code": bytes, "decode_ms", "features_ms", "encode_ms", "decoded_frames", "duration_s"}`` or
-        ``{"status", "error"}`` (off the event loop: decoding and the CNN release the GIL)."""
-        return await asyncio.to_thread(self._encode, video)
+        ``{"status", "error"}`` (off the event loop: decoding and the CNN release the GIL). ``level="frame"``
+        returns ``"frame_codes"`` (one code per sampled frame, ``serve.frame_model``) and ``"times"`` instead."""
+        return await asyncio.to_thread(self._encode, video, level)
 
-    def _encode(self, video: bytes | str) -> dict[str, Any]:
+    def _encode(self, video: bytes | str, level: str = "video") -> dict[str, Any]:
         import io
 
         from vhindex.features import VideoDecodeError, probe_video, sample_frames
@@ -359,11 +362,18 @@ class VideoEncoderServer:
         if not np.isfinite(feats).all():
             return {"status": 422, "error": f"video: non-finite features from {name} (non_finite)"}
         t2 = time.perf_counter()
-        code = self.model.encode_packed(feats[None])[0]
+        out: dict[str, Any] = {"decoded_frames": int(sampled.decoded_frames), "duration_s": sampled.duration_s,
+                               "truncated": sampled.decode_error is not None}
+        if level == "frame":
+            if self.frame_model is None:
+                return {"status": 400, "error": "level 'frame' video queries need serve.frame_model"}
+            m, d = feats.shape
+            out["frame_codes"] = self.frame_model.encode_packed(feats.reshape(m, 1, d)).tobytes()
+            out["times"] = [float(t) for t in sampled.timestamps]
+        else:
+            out["code"] = self.model.encode_packed(feats[None])[0].tobytes()
         t3 = time.perf_counter()
-        return {"code": code.tobytes(), "decode_ms": 1000 * (t1 - t0), "features_ms": 1000 * (t2 - t1),
-                "encode_ms": 1000 * (t3 - t2), "decoded_frames": int(sampled.decoded_frames),
-                "duration_s": sampled.duration_s, "truncated": sampled.decode_error is not None}
+        return {**out, "decode_ms": 1000 * (t1 - t0), "features_ms": 1000 * (t2 - t1), "encode_ms": 1000 * (t3 - t2)}
 
 
 # ---------------------------------------------------------------------------------------- the router
@@ -416,10 +426,14 @@ _VIDEO_BODY = {"requestBody": {"required": True, "content": {
     "video/mp4": {"schema": {"type": "string", "format": "binary"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {"schema": {"type": "object", "required": ["video"], "properties": {
-        "video": {"type": "string", "format": "binary"}, "k": {"type": "integer"}}}},
+        "video": {"type": "string", "format": "binary"}, "k": {"type": "integer"},
+        "level": {"type": "string", "enum": ["video", "frame"]}}}},
     "application/json": {"schema": {"$ref": "#/components/schemas/VideoUrlRequest"}}}},
     "parameters": [{"name": "k", "in": "query", "required": False, "schema": {"type": "integer", "default": 10},
-                    "description": "neighbours to return (uploads; JSON bodies carry their own k)"}]}
+                    "description": "neighbours to return (uploads; JSON bodies carry their own k)"},
+                   {"name": "level", "in": "query", "required": False,
+                    "schema": {"type": "string", "enum": ["video", "frame"], "default": "video"},
+                    "description": "frame: frame-level copy search with matched segments (serve.frame_index)"}]}
 
 
 def _openapi() -> dict[str, Any]:
@@ -759,16 +773,18 @@ class Router:
                                     "serve.model turns them on)")
         ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
         k_text = request.query_params.get("k")
+        level = request.query_params.get("level", "video")
         payload: bytes | str
         if ctype.startswith("video/") or ctype == "application/octet-stream":
             payload = await self._read_capped(request, s.max_video_bytes, "video")
         elif ctype == "multipart/form-data":
-            payload, form_k = await self._read_multipart(request)
+            payload, form_k, form_level = await self._read_multipart(request)
             k_text = form_k if form_k is not None else k_text
+            level = form_level or level
         elif ctype in ("application/json", "text/plain", ""):
             req = self.gate.parse(await self._read_capped(request, s.max_body_bytes, "request body"), VideoUrlRequest)
             check_video_url(req.url, s.video_url_prefixes)
-            payload, k_text = req.url, str(req.k)
+            payload, k_text, level = req.url, str(req.k), req.level
         else:
             raise RequestError(415, f"content type {ctype!r}: send the video as video/* or application/octet-stream "
                                     "bytes, as multipart/form-data field 'video', or JSON {\"url\": ..., \"k\": ...}")
@@ -776,12 +792,17 @@ class Router:
             k = self.gate.check_k(int(k_text) if k_text is not None else 10)
         except ValueError:
             raise RequestError(400, f"k must be an integer, got {k_text!r}") from None
+        if level not in ("video", "frame"):
+            raise RequestError(400, f"level must be 'video' or 'frame', got {level!r}")
+        if level == "frame" and (self.frame_search is None or not s.frame_model):
+            raise RequestError(400, "level 'frame' video queries need serve.frame_index and serve.frame_model")
         if isinstance(payload, bytes) and not payload:
             raise RequestError(422, "video: the upload is empty (0 bytes)")
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         try:
-            enc = await asyncio.wait_for(self.video_encoder.encode_video.remote(payload), timeout=s.video_timeout_s)
+            enc = await asyncio.wait_for(self.video_encoder.encode_video.remote(payload, level),
+                                         timeout=s.video_timeout_s)
         except asyncio.TimeoutError:
             raise RequestError(422, f"video: not decoded and encoded within serve.video_timeout_s = "
                                     f"{s.video_timeout_s:g} s") from None
@@ -791,6 +812,19 @@ class Router:
                                     "retry") from None
         if "error" in enc:
             raise RequestError(int(enc["status"]), enc["error"])
+        timing = {"decode_ms": round(enc["decode_ms"], 3), "features_ms": round(enc["features_ms"], 3),
+                  "encode_ms": round(enc["encode_ms"], 3)}
+        video_info = {"decoded_frames": enc["decoded_frames"], "duration_s": enc["duration_s"],
+                      "truncated": enc["truncated"]}
+        if level == "frame":
+            t_search = time.perf_counter()
+            frames = np.frombuffer(enc["frame_codes"], dtype=np.uint8).reshape(-1, self.frame_search.bits // 8)
+            times = np.asarray(enc["times"], dtype=np.float64)
+            answer = await self.frame_search.search(frames, None if np.isnan(times).any() else times, -1, k,
+                                                    s.frame_top_n, True)
+            timing["search_ms"] = round(1000 * (time.perf_counter() - t_search), 3)
+            return JSONResponse({**answer, "k": k, "level": "frame", "timing": timing, "video": video_info,
+                                 "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
         t_search = time.perf_counter()
         out = await self._adaptive.submit((enc["code"], k, None))
         if isinstance(out, RequestError):
@@ -819,8 +853,8 @@ class Router:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def _read_multipart(self, request: Request) -> tuple[bytes, str | None]:
-        """Field ``video`` (a file) and optional field ``k`` of a multipart upload."""
+    async def _read_multipart(self, request: Request) -> tuple[bytes, str | None, str | None]:
+        """Field ``video`` (a file) and optional fields ``k`` and ``level`` of a multipart upload."""
         limit = self.settings.max_video_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit + 64_000:  # + multipart framing
@@ -838,8 +872,8 @@ class Router:
             data = await video.read()
             if len(data) > limit:
                 raise RequestError(413, f"video of {len(data)} bytes exceeds the limit of {limit} bytes")
-            k = form.get("k")
-            return data, (k if isinstance(k, str) else None)
+            k, level = form.get("k"), form.get("level")
+            return data, (k if isinstance(k, str) else None), (level if isinstance(level, str) else None)
         finally:
             await form.close()
 
@@ -933,7 +967,7 @@ def build_app(args: dict[str, Any]) -> Any:
         if not settings.model:
             raise ValueError("serve.video_queries needs serve.model (the model that made the indexed codes)")
         video_settings = {k: v for k, v in settings.model_dump(mode="json").items()
-                          if k.startswith("video_") or k == "max_video_seconds"}
+                          if k.startswith("video_") or k in ("max_video_seconds", "frame_model")}
         video_encoder = versioned(serve.deployment(VideoEncoderServer, name="VideoEncoder",
                                                   num_replicas=settings.video_replicas,
                                                   ray_actor_options={"num_cpus": settings.video_cpus,
@@ -945,6 +979,13 @@ def build_app(args: dict[str, Any]) -> Any:
         from vhindex.index.frame_shards import open_sharded_frame_index
 
         fm = open_sharded_frame_index(settings.frame_index, so)
+        if settings.frame_model:
+            from vhindex.models import load_model
+
+            frame_model = load_model(settings.frame_model, so)
+            if frame_model.version() != fm["model_version"]:
+                raise ValueError(f"serve.frame_model {settings.frame_model} (version {frame_model.version()}) did not "
+                                 f"make the frame index's codes (model version {fm['model_version']})")
         frame_shards = [
             versioned(serve.deployment(FrameShardServer, name=f"FrameShard{i}", num_replicas=settings.replicas,
                                        ray_actor_options={"num_cpus": settings.shard_cpus}, max_ongoing_requests=64,

@@ -76,7 +76,7 @@ def corpus(tmp_path_factory):
                             row_group_size=8) as w:
         w.write(ids, codes)
     build_sharded_index(str(tmp / "codes"), str(tmp / "index"), 2, spec=IndexSpec("flat", {}))
-    return {"tmp": tmp, "paths": paths, "ids": ids, "codes": codes, "model": model, "extractor": ex}
+    return {"tmp": tmp, "paths": paths, "ids": ids, "codes": codes, "model": model, "extractor": ex, "frames": frames}
 
 
 def _settings(corpus, ports, **kw):
@@ -427,3 +427,47 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(ray_serve, corpus):
     # the walk reached both answers and refusals (so it exercised the handlers, not just the 404 path)
     assert seen.get(200, 0) >= 20 and sum(n for s, n in seen.items() if 400 <= s < 500) >= 100, seen
     assert requests.get(base + "/healthz", timeout=10).status_code == 200
+
+
+def test_frame_level_video_uploads_equal_the_in_process_frame_index(ray_serve, corpus):
+    from vhindex.data import FrameDatasetMeta, FrameDatasetWriter
+    from vhindex.index.frame_shards import build_sharded_frame_index
+    from vhindex.index.frames import FrameLevelIndex
+    from vhindex.models import build_model, load_model
+
+    tmp, ids, frames = corpus["tmp"], corpus["ids"], corpus["frames"]
+    n, m, d = frames.shape
+    with FrameDatasetWriter(str(tmp / "frame-feats"), FrameDatasetMeta(num_frames=m, feature_dim=d),
+                            row_group_size=5) as w:
+        w.write(ids, frames)
+    fmodel = build_model("itq", 16)
+    fmodel.fit(lambda: iter([frames.astype(np.float32).reshape(-1, 1, d)]), seed=0)
+    fmodel.save(str(tmp / "frame-model"))
+    build_sharded_frame_index(str(tmp / "frame-feats"), str(tmp / "frame-model"), str(tmp / "frame-index"), 2)
+    fmodel = load_model(str(tmp / "frame-model"))
+    single = FrameLevelIndex(16)
+    single.add(ids, fmodel.encode_packed(frames.reshape(-1, 1, d)).reshape(n, m, -1))
+    settings = _settings(corpus, ray_serve, frame_index=str(tmp / "frame-index"), frame_model=str(tmp / "frame-model"),
+                         frame_top_n=30)
+    base = _deploy(settings)
+    paths = corpus["paths"]
+    for vid in sorted(v for v in paths if v.endswith("__crop") or v.endswith("__logo"))[:3]:
+        r = requests.post(base + "/search/video?level=frame&k=6", data=Path(paths[vid]).read_bytes(),
+                          headers={"Content-Type": "video/mp4"}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        feats = corpus["extractor"].extract([paths[vid]])[0].features
+        q = fmodel.encode_packed(feats.reshape(m, 1, d))
+        want_ids, want_scores = single.search(q, 6, top_n=30)
+        assert [x["video_id"] for x in body["results"]] == want_ids
+        assert [x["score"] for x in body["results"]] == want_scores.tolist()
+        assert body["results"][0]["video_id"] == vid and body["results"][0]["score"] == 1.0  # itself, indexed
+        assert body["results"][0]["segments"], body["results"][0]
+        assert body["level"] == "frame" and set(body["timing"]) == {"decode_ms", "features_ms", "encode_ms",
+                                                                     "search_ms"}
+    # a service without a frame index refuses level frame with 400
+    plain = _deploy(_settings(corpus, ray_serve))
+    r = requests.post(plain + "/search/video?level=frame", data=b"x", headers={"Content-Type": "video/mp4"}, timeout=30)
+    assert r.status_code == 400 and "serve.frame_index" in r.json()["error"]
+    r = requests.post(plain + "/search/video?level=scene", data=b"x", headers={"Content-Type": "video/mp4"}, timeout=30)
+    assert r.status_code == 400 and "level must be" in r.json()["error"]

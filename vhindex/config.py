@@ -472,6 +472,8 @@ class ServeSection(_Section):
     frame_index: str | None = Field(None, description="URL of a sharded frame-level index (`vhindex index frames`): "
                                                       "enables `level: frame` queries (UTS Algorithm 1 + matched "
                                                       "segments), one deployment per frame shard.")
+    frame_model: str | None = Field(None, description="The frame model that made the frame index's codes (`vhindex "
+                                                      "fit --per-frame`): lets /search/video answer at level frame.")
     frame_top_n: int = Field(1000, gt=0, le=100_000, description="Gallery frames per query frame (Algorithm 1's N) "
                                                                  "when a request does not say.")
     max_json_depth: int = Field(16, gt=1, le=1000, description="JSON bodies nested deeper get 400 (checked before "
