@@ -1,0 +1,274 @@
+"""A living index: online adds and deletes over a built sharded index, through a write-ahead log.
+
+The built index (:mod:`vhindex.index.sharded`) stays immutable; updates go to an **update log** at any
+fsspec URL and every shard applies them on top of its base:
+
+* **Durable before acknowledged.** :meth:`UpdateLog.append` writes one immutable object per batch
+  (``<log>/<writer>/<seq>.json``; atomic: a local file is written under a temporary name and renamed, an
+  object store ``put`` is all or nothing) and returns only after the write returned. A batch is therefore
+  either entirely in the log or not at all; a writer that dies before the write returns leaves nothing.
+* **One order, whoever writes.** Every update carries a stamp ``(time_ns, writer, seq)`` from a hybrid
+  logical clock (never behind the writer's previous stamp). For each video id the update with the
+  largest stamp wins (last writer wins), so applying a batch twice, or batches of different writers in
+  any order, gives the same state: replicas that replay the log on start and replicas that received the
+  batch directly agree.
+* **Routing.** A video lives on the shard that a stable hash of its id picks (:func:`shard_of`), or, for
+  videos of the base index, where the build put them. An ``add`` is applied by *every* shard: the
+  hashed shard stores the code, every other shard hides any base copy of the id (so a re-added id is
+  replaced, never duplicated); a ``delete`` hides the id everywhere.
+* **Search.** :class:`LiveShard` asks the base for ``k`` plus the number of base videos it hides, drops
+  the hidden ones, searches its delta (the codes added since the base was built) exactly, and merges:
+  the answer is the exact top-``k`` of the shard's current videos.
+
+Compaction (a new base built from base + delta, hot-swapped in) and the service's endpoints build on
+these parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from vhindex.fs import is_local, join, url_to_fs
+
+__all__ = ["LiveShard", "Update", "UpdateLog", "shard_of"]
+
+Stamp = tuple[int, str, int]
+#: stamp of every video of the base index (older than any update)
+BASE_STAMP: Stamp = (0, "", 0)
+
+
+def shard_of(video_id: str, num_shards: int) -> int:
+    """The shard a video added online lives on: a stable hash of its id (the same on every machine)."""
+    return int.from_bytes(hashlib.sha256(video_id.encode()).digest()[:8], "big") % int(num_shards)
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """One update: ``op`` ``"add"`` (with the packed ``code``) or ``"delete"``, and its stamp."""
+
+    op: str
+    video_id: str
+    code: bytes | None
+    stamp: Stamp
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.op, "id": self.video_id, "code": None if self.code is None else self.code.hex(),
+                "stamp": list(self.stamp)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Update:
+        s = obj["stamp"]
+        return cls(str(obj["op"]), str(obj["id"]), None if obj["code"] is None else bytes.fromhex(obj["code"]),
+                   (int(s[0]), str(s[1]), int(s[2])))
+
+
+class UpdateLog:
+    """The write-ahead log of index updates (module docs).
+
+    Args:
+        url: the log's folder (any fsspec URL; conventionally ``<index>/_updates``).
+        storage_options: fsspec options.
+        writer: this writer's name (unique among concurrent writers; default a random one). Its batches
+            go to ``<url>/<writer>/``.
+        bits: code length; adds must carry ``bits / 8`` bytes.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, writer: str | None = None,
+                 bits: int) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = url_to_fs(self.url, storage_options)
+        self.writer = writer or uuid.uuid4().hex[:12]
+        if not self.writer.isalnum():
+            raise ValueError(f"writer must be alphanumeric, got {self.writer!r}")
+        self.bits = int(bits)
+        self._lock = threading.Lock()
+        self._seq = self._last_seq()
+        self._clock = 0
+        self._read: dict[str, int] = {}  # writer -> last batch seq read
+
+    def _last_seq(self) -> int:
+        folder = join(self.fs, self.root, self.writer)
+        try:
+            names = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return 0
+        seqs = [int(os.path.basename(n).split(".")[0]) for n in names if os.path.basename(n).endswith(".json")
+                and os.path.basename(n).split(".")[0].isdigit()]
+        return max(seqs, default=0)
+
+    def _stamp(self) -> Stamp:
+        self._clock = max(time.time_ns(), self._clock + 1)
+        return (self._clock, self.writer, self._seq)
+
+    def append(self, ops: Sequence[tuple[str, str, bytes | None]]) -> list[Update]:
+        """Write one batch durably; the updates, stamped, once the write returned.
+
+        Args:
+            ops: ``("add", video_id, packed code)`` or ``("delete", video_id, None)``.
+
+        Raises:
+            ValueError: an unknown op, an empty id, or a code of the wrong length (nothing is written).
+            OSError and the like: the storage refused the write -- nothing is acknowledged.
+        """
+        for op, vid, code in ops:
+            if op not in ("add", "delete"):
+                raise ValueError(f"update op must be 'add' or 'delete', got {op!r} (video {vid!r})")
+            if not isinstance(vid, str) or not vid:
+                raise ValueError(f"update video id must be a non-empty str, got {vid!r}")
+            if op == "add" and (not isinstance(code, (bytes, bytearray)) or len(code) != self.bits // 8):
+                raise ValueError(f"add of {vid!r}: code must be {self.bits // 8} bytes ({self.bits} bits)")
+        if not ops:
+            return []
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            updates = []
+            for op, vid, code in ops:
+                stamp = self._stamp()
+                updates.append(Update(op, vid, bytes(code) if op == "add" else None, (stamp[0], stamp[1], seq)))
+            body = json.dumps({"writer": self.writer, "seq": seq, "updates": [u.to_json() for u in updates]})
+            path = join(self.fs, self.root, self.writer, f"{seq:012d}.json")
+            try:
+                self._write(path, body.encode())
+            except BaseException:
+                self._seq -= 1  # not written: the sequence number is free again
+                raise
+        return updates
+
+    def _write(self, path: str, data: bytes) -> None:
+        if is_local(self.fs):
+            # a temporary name, flushed to disk, then renamed: the batch appears whole or not at all
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:  # an object store: one put, all or nothing
+            self.fs.pipe_file(path, data)
+
+    def read_new(self) -> list[Update]:
+        """Every update of batches not read before by this object (all writers), in stamp order."""
+        try:
+            writers = [os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
+        except FileNotFoundError:
+            return []
+        self.fs.invalidate_cache(self.root)
+        out: list[Update] = []
+        for w in writers:
+            if not w.isalnum():
+                continue
+            folder = join(self.fs, self.root, w)
+            self.fs.invalidate_cache(folder)
+            names = sorted(os.path.basename(n) for n in self.fs.ls(folder, detail=False))
+            last = self._read.get(w, 0)
+            for name in names:
+                stem = name.split(".")[0]
+                if not name.endswith(".json") or not stem.isdigit() or int(stem) <= last:
+                    continue  # temporary files, already read
+                with self.fs.open(join(self.fs, self.root, w, name), "rb") as f:
+                    batch = json.loads(f.read())
+                out.extend(Update.from_json(u) for u in batch["updates"])
+                last = max(last, int(stem))
+            self._read[w] = last
+        out.sort(key=lambda u: u.stamp)
+        return out
+
+
+class LiveShard:
+    """One shard of a living index: its base :class:`~vhindex.index.sharded.ShardIndex` plus the updates.
+
+    Args:
+        base: the shard as built.
+        shard_id: its number.
+        num_shards: shards of the index (for :func:`shard_of`).
+    """
+
+    def __init__(self, base: Any, shard_id: int, num_shards: int) -> None:
+        self.base = base
+        self.bits = int(base.bits)
+        self.shard_id, self.num_shards = int(shard_id), int(num_shards)
+        self.stamps: dict[str, Stamp] = {}  # id -> stamp of the latest update applied
+        self.delta: dict[str, np.ndarray] = {}  # ids stored here by updates -> packed code
+        self.hidden: set[str] = set()  # base ids hidden by a later update
+        self._delta_ids: list[str] = []
+        self._delta_codes: np.ndarray | None = None
+
+    @property
+    def count(self) -> int:
+        """Videos this shard holds now."""
+        return len(self.base) - len(self.hidden) + len(self.delta)
+
+    def apply(self, updates: Iterable[Update]) -> int:
+        """Apply updates (any order, any repeats: the largest stamp per id wins); how many changed the state."""
+        changed = 0
+        for u in updates:
+            if u.stamp <= self.stamps.get(u.video_id, BASE_STAMP):
+                continue
+            self.stamps[u.video_id] = u.stamp
+            changed += 1
+            in_base = self.base.contains(u.video_id)
+            mine = u.op == "add" and shard_of(u.video_id, self.num_shards) == self.shard_id
+            if mine:
+                self.delta[u.video_id] = np.frombuffer(u.code, dtype=np.uint8).copy()
+            else:
+                self.delta.pop(u.video_id, None)
+            if in_base:
+                self.hidden.add(u.video_id)
+            self._delta_codes = None
+        return changed
+
+    def _delta_arrays(self) -> tuple[list[str], np.ndarray]:
+        if self._delta_codes is None:
+            self._delta_ids = sorted(self.delta)
+            self._delta_codes = (np.stack([self.delta[v] for v in self._delta_ids]) if self._delta_ids
+                                 else np.zeros((0, self.bits // 8), dtype=np.uint8))
+        return self._delta_ids, self._delta_codes
+
+    def contains(self, video_id: str) -> bool:
+        """Whether the shard holds ``video_id`` now."""
+        return video_id in self.delta or (self.base.contains(video_id) and video_id not in self.hidden)
+
+    def reconstruct(self, video_id: str) -> bytes | None:
+        """The current packed code of ``video_id`` here, or None."""
+        if video_id in self.delta:
+            return self.delta[video_id].tobytes()
+        if self.base.contains(video_id) and video_id not in self.hidden:
+            return bytes(self.base.reconstruct([video_id])[0])
+        return None
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` of the shard's current videos: ``(distances int32 (nq, k), ids object (nq, k))``,
+        ascending distance; padding distance ``bits + 1``, id None."""
+        q = np.asarray(queries, dtype=np.uint8)
+        nq = q.shape[0]
+        pad = self.bits + 1
+        kb = k + len(self.hidden)
+        bd, bi = self.base.search(q, max(1, min(kb, max(len(self.base), 1)))) if len(self.base) else (
+            np.full((nq, 1), pad, np.int32), np.full((nq, 1), None, object))
+        ids, codes = self._delta_arrays()
+        if ids:
+            dd = np.unpackbits(q[:, None, :] ^ codes[None, :, :], axis=2).sum(axis=2).astype(np.int32)
+        else:
+            dd = np.zeros((nq, 0), np.int32)
+        out_d = np.full((nq, k), pad, dtype=np.int32)
+        out_i = np.full((nq, k), None, dtype=object)
+        delta_ids = np.array(ids, dtype=object)
+        for r in range(nq):
+            keep = [(int(d), v) for d, v in zip(bd[r], bi[r], strict=True) if v is not None and v not in self.hidden]
+            keep += [(int(d), v) for d, v in zip(dd[r], delta_ids, strict=True)]
+            keep.sort(key=lambda t: t[0])  # stable: base order first, then delta (id order) on ties
+            for c, (d, v) in enumerate(keep[:k]):
+                out_d[r, c], out_i[r, c] = d, v
+        return out_d, out_i
