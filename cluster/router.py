@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["AdaptiveBatcher", "BatchRequest", "ErrorBody", "FanOut", "FrameSearch", "Query", "QueryResolver",
+__all__ = ["AdaptiveBatcher", "AddVideosRequest", "BatchRequest", "DeleteVideosRequest", "ErrorBody", "FanOut", "FrameSearch", "Query", "QueryResolver",
            "RequestError",
            "RequestGate", "SearchRequest", "VersionNotLoaded", "VideoUrlRequest", "check_video_url", "hits",
            "json_depth"]
@@ -94,6 +94,28 @@ class VideoUrlRequest(BaseModel):
     url: str = Field(min_length=1, max_length=4096, description="fsspec URL under an allowed prefix")
     k: int = Field(10, description="neighbours to return")
     level: Literal["video", "frame"] = Field("video", description="frame: frame-level copy search with segments")
+
+
+class VideoCode(BaseModel):
+    """One video to add: its id and packed code as hex."""
+
+    model_config = ConfigDict(extra="forbid")
+    video_id: str = Field(min_length=1, max_length=1024)
+    code: str
+
+
+class AddVideosRequest(BaseModel):
+    """``POST /videos`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+    videos: list[VideoCode] = Field(min_length=1)
+
+
+class DeleteVideosRequest(BaseModel):
+    """``POST /videos/delete`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+    video_ids: list[str] = Field(min_length=1)
 
 
 class ErrorBody(BaseModel):

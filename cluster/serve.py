@@ -53,7 +53,9 @@ from ray import serve  # noqa: E402  (cluster.* may import Ray; vhindex.* never 
 from cluster.dataplane import DataPlaneClient, DataPlaneError, RemoteShardError, ShardDataServer  # noqa: E402
 from cluster.router import (  # noqa: E402
     AdaptiveBatcher,
+    AddVideosRequest,
     BatchRequest,
+    DeleteVideosRequest,
     ErrorBody,
     FanOut,
     QueryResolver,
@@ -105,7 +107,8 @@ class IndexShardServer:
     """
 
     def __init__(self, shard_id: int, storage_options: dict[str, Any] | None = None, faiss_threads: int = 1,
-                 mask_table: str | None = None, data_plane_ports: tuple[int, int] | None = None) -> None:
+                 mask_table: str | None = None, data_plane_ports: tuple[int, int] | None = None,
+                 updates: dict[str, Any] | None = None) -> None:
         import faiss
 
         faiss.omp_set_num_threads(faiss_threads)
@@ -120,6 +123,33 @@ class IndexShardServer:
         self.current: str | None = None
         self._plane: Any = None  # cluster.dataplane.ShardDataServer, started by the first data_endpoint()
         self.data_plane_ports = tuple(data_plane_ports) if data_plane_ports else None
+        # online updates (serve.updates): every update read from the log, applied to every loaded version
+        self.updates = updates
+        self._log: Any = None
+        self._applied: list[Any] = []
+        self._follower: Any = None
+        self._stop = None
+
+    def _follow_log(self) -> None:
+        """Thread: read new batches of the update log every ``poll_s`` and apply them (module docs of
+        :mod:`vhindex.index.live`); the router also pushes each batch right after writing it."""
+        while not self._stop.wait(float(self.updates["poll_s"])):
+            try:
+                self._apply(self._log.read_new())
+            except Exception as err:  # noqa: BLE001 -- storage hiccup: try again at the next poll
+                logger.warning("shard %d: reading the update log failed: %s", self.shard_id, err)
+
+    def _apply(self, updates: list[Any]) -> int:
+        if not updates:
+            return 0
+        self._applied.extend(updates)
+        return max((shard.apply(updates) for shard in self.versions.values()), default=0)
+
+    def apply_updates(self, batch: list[dict[str, Any]]) -> int:
+        """Apply a batch the router just wrote to the log (read-your-writes; repeats are harmless)."""
+        from vhindex.index.live import Update
+
+        return self._apply([Update.from_json(u) for u in batch])
 
     def _load(self, url: str) -> None:
         sharded = _open_index(url, self.storage_options)
@@ -132,6 +162,21 @@ class IndexShardServer:
             raise ValueError(f"{url} has {info['num_shards']} shards; cannot serve shard {self.shard_id} "
                              "(a hot swap must keep the shard count -- redeploy instead)")
         shard = sharded.load_shard(self.shard_id)
+        if self.updates:
+            import threading
+
+            from vhindex.index.live import LiveShard, UpdateLog
+
+            shard = LiveShard(shard, self.shard_id, int(info["num_shards"]))
+            if self._log is None:
+                self._log = UpdateLog(self.updates["log"], self.storage_options, writer="reader",
+                                      bits=int(info["bits"]))
+                self._applied.extend(self._log.read_new())  # replay on start
+                self._stop = threading.Event()
+                self._follower = threading.Thread(target=self._follow_log, daemon=True,
+                                                  name=f"shard{self.shard_id}-log")
+                self._follower.start()
+            shard.apply(self._applied)
         self.versions[version] = shard
         previous = self.current
         self.current = version
@@ -443,7 +488,7 @@ def _openapi() -> dict[str, Any]:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    for model in (SearchRequest, BatchRequest, VideoUrlRequest, ErrorBody):
+    for model in (SearchRequest, BatchRequest, VideoUrlRequest, AddVideosRequest, DeleteVideosRequest, ErrorBody):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
@@ -494,6 +539,8 @@ class Router:
         self.settings = settings
         self.storage_options = settings.storage_options or None
         self.version: str | None = None  # set by the first reconfigure (Serve applies user_config at start)
+        self._log: Any = None  # vhindex.index.live.UpdateLog, made by the first update (serve.updates)
+        self._index_url: str | None = None
         self.target: str | None = None
         self._swap_task: asyncio.Task | None = None
         self.gate = RequestGate(settings, token_sha256)
@@ -519,6 +566,7 @@ class Router:
         return {**self.fanout.counters, **self.transport}
 
     def _set_index(self, url: str) -> None:
+        self._index_url = url.rstrip("/")
         info = _open_index(url, self.storage_options).info()
         if int(info["num_shards"]) != len(self.shards):
             raise ValueError(f"{url} has {info['num_shards']} shards but the service runs {len(self.shards)}; "
@@ -760,6 +808,68 @@ class Router:
                              "missing_shards": res["missing"], "index_version": res["version"],
                              "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
 
+    # -- online updates (serve.updates) ---------------------------------------------------------------
+    async def _write_updates(self, ops: list[tuple[str, str, bytes | None]]) -> JSONResponse:
+        """Durable in the update log, then pushed to every shard replica (read-your-writes), then acknowledged."""
+        if not self.settings.updates:
+            raise RequestError(400, "online updates are off on this service (serve.updates: true turns them on)")
+        if self._log is None:
+            import os as _os
+
+            from vhindex.index.live import UpdateLog
+
+            writer = "r" + hashlib.sha256(f"{_os.getpid()}-{time.time_ns()}".encode()).hexdigest()[:10]
+            self._log = UpdateLog(self.settings.update_log or f"{self._index_url}/_updates", self.storage_options,
+                                  writer=writer, bits=self.bits)
+        try:
+            updates = await asyncio.to_thread(self._log.append, ops)
+        except ValueError as err:
+            raise RequestError(400, str(err)) from None
+        except Exception as err:  # noqa: BLE001 -- storage refused: nothing was acknowledged
+            logger.error("update log write failed: %s", err)
+            raise RequestError(503, f"the update log could not be written ({type(err).__name__}); nothing was "
+                                    "applied -- retry") from None
+        batch = [u.to_json() for u in updates]
+        replies = await asyncio.gather(*[h.broadcast("apply_updates", batch).results_async(timeout_s=10.0)
+                                         for h in self.shards], return_exceptions=True)
+        lagging = [s for s, r in enumerate(replies) if isinstance(r, BaseException)]
+        if lagging:  # durable anyway: those replicas pick the batch up from the log within serve.update_poll_s
+            logger.warning("shards %s did not confirm an update batch: %s", lagging,
+                           [r for r in replies if isinstance(r, BaseException)][:1])
+        return JSONResponse({"acknowledged": len(updates), "durable": True, "pending_shards": lagging,
+                             "stamp": list(updates[-1].stamp) if updates else None})
+
+    @app.post("/videos", responses=_error_responses(400, 401, 413, 422, 503), openapi_extra=_json_body(AddVideosRequest))
+    async def add_videos(self, request: Request) -> JSONResponse:
+        """Add (or replace) videos online: ``{"videos": [{"video_id", "code"}]}``; acknowledged once durable."""
+        from vhindex.index.codes import hex_to_code
+
+        req = await self._body(request, AddVideosRequest)
+        self.gate.check_batch(len(req.videos))
+        ops = []
+        for i, v in enumerate(req.videos):
+            try:
+                ops.append(("add", v.video_id, hex_to_code(v.code, self.bits).tobytes()))
+            except ValueError as err:
+                raise RequestError(400, f"videos[{i}].code: {err}") from None
+        return await self._write_updates(ops)
+
+    @app.post("/videos/delete", responses=_error_responses(400, 401, 413, 422, 503),
+              openapi_extra=_json_body(DeleteVideosRequest))
+    async def delete_videos(self, request: Request) -> JSONResponse:
+        """Delete videos online: ``{"video_ids": [...]}`` (ids not in the index are no-ops)."""
+        req = await self._body(request, DeleteVideosRequest)
+        self.gate.check_batch(len(req.video_ids))
+        return await self._write_updates([("delete", v, None) for v in req.video_ids])
+
+    @app.delete("/videos/{video_id}", responses=_error_responses(400, 401, 503))
+    async def delete_video(self, video_id: str, request: Request) -> JSONResponse:
+        """Delete one video online."""
+        self.gate.check_auth(request.headers)
+        if not video_id or len(video_id) > 1024:
+            raise RequestError(400, "video_id: 1 to 1024 characters")
+        return await self._write_updates([("delete", video_id, None)])
+
     @app.post("/search/video", responses=_error_responses(400, 401, 403, 413, 415, 422, 503), openapi_extra=_VIDEO_BODY)
     async def search_video(self, request: Request) -> JSONResponse:
         """Top-k of a video: its bytes (``video/*`` or ``application/octet-stream`` body, ``?k=``; or multipart
@@ -940,6 +1050,13 @@ def build_app(args: dict[str, Any]) -> Any:
         dep._version = hashlib.sha256(text.encode()).hexdigest()[:16]
         return dep
 
+    updates = None
+    if settings.updates:
+        if settings.mask_table:
+            raise ValueError("serve.updates and serve.mask_table cannot be combined yet (masked search over the "
+                             "updates is not built)")
+        updates = {"log": (settings.update_log or f"{settings.index.rstrip('/')}/_updates"),
+                   "poll_s": settings.update_poll_s}
     # One access-log line per request and per shard call is measurable on small machines: off by default.
     logging_config = {"enable_access_log": settings.access_log}
     shards = [
@@ -948,8 +1065,8 @@ def build_app(args: dict[str, Any]) -> Any:
                                    health_check_period_s=5, health_check_timeout_s=10, max_ongoing_requests=64,
                                    logging_config=logging_config),
                   i, so, settings.faiss_threads, settings.mask_table, settings.replicas, settings.shard_cpus,
-                  settings.data_plane_ports)
-        .bind(i, so, settings.faiss_threads, settings.mask_table, settings.data_plane_ports)
+                  settings.data_plane_ports, updates)
+        .bind(i, so, settings.faiss_threads, settings.mask_table, settings.data_plane_ports, updates)
         for i in range(int(info["num_shards"]))
     ]
     encoder = None

@@ -122,7 +122,7 @@ def test_interleaved_concurrent_updates_equal_brute_force(tmp_path, where, reque
         s.apply(shuffled)
     _check(direct, state, rng, 10)
     for vid in list(state)[:50] + [u.video_id for u in acked if u.op == "delete"][:20]:
-        got = [s.reconstruct(vid) for s in direct]
+        got = [s.code_of(vid) for s in direct]
         holders = [c for c in got if c is not None]
         if vid in state:
             assert holders == [state[vid]], vid  # exactly one shard holds it, with the winning code

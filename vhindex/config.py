@@ -469,6 +469,11 @@ class ServeSection(_Section):
     auth_token_env: str | None = Field(
         None, description="Name of an environment variable holding a bearer token; when set, every request "
                           "must send `Authorization: Bearer <token>` (the token itself never goes in config).")
+    updates: bool = Field(False, description="Online adds and deletes: POST /videos, POST /videos/delete, DELETE "
+                                             "/videos/{id}, acknowledged once durable in the update log.")
+    update_log: str | None = Field(None, description="URL of the update log (default: <index>/_updates).")
+    update_poll_s: float = Field(0.25, gt=0.0, description="How often shard replicas read new batches of the log "
+                                                           "(updates from another router are visible within it).")
     frame_index: str | None = Field(None, description="URL of a sharded frame-level index (`vhindex index frames`): "
                                                       "enables `level: frame` queries (UTS Algorithm 1 + matched "
                                                       "segments), one deployment per frame shard.")

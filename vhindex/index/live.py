@@ -204,6 +204,11 @@ class LiveShard:
         self.hidden: set[str] = set()  # base ids hidden by a later update
         self._delta_ids: list[str] = []
         self._delta_codes: np.ndarray | None = None
+        # updates arrive on another thread (the log follower) while searches run
+        self._lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return self.count
 
     @property
     def count(self) -> int:
@@ -212,6 +217,10 @@ class LiveShard:
 
     def apply(self, updates: Iterable[Update]) -> int:
         """Apply updates (any order, any repeats: the largest stamp per id wins); how many changed the state."""
+        with self._lock:
+            return self._apply(updates)
+
+    def _apply(self, updates: Iterable[Update]) -> int:
         changed = 0
         for u in updates:
             if u.stamp <= self.stamps.get(u.video_id, BASE_STAMP):
@@ -240,17 +249,35 @@ class LiveShard:
         """Whether the shard holds ``video_id`` now."""
         return video_id in self.delta or (self.base.contains(video_id) and video_id not in self.hidden)
 
-    def reconstruct(self, video_id: str) -> bytes | None:
+    def code_of(self, video_id: str) -> bytes | None:
         """The current packed code of ``video_id`` here, or None."""
-        if video_id in self.delta:
-            return self.delta[video_id].tobytes()
-        if self.base.contains(video_id) and video_id not in self.hidden:
-            return bytes(self.base.reconstruct([video_id])[0])
-        return None
+        with self._lock:
+            if video_id in self.delta:
+                return self.delta[video_id].tobytes()
+            if self.base.contains(video_id) and video_id not in self.hidden:
+                return bytes(self.base.reconstruct([video_id])[0])
+            return None
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def reconstruct(self, video_ids: Sequence[str]) -> np.ndarray:
+        """Packed codes ``(n, bits/8)`` of ``video_ids`` (like ``ShardIndex.reconstruct``); KeyError for one not here."""
+        out = []
+        for vid in video_ids:
+            code = self.code_of(vid)
+            if code is None:
+                raise KeyError(f"video id {vid!r} is not in this shard")
+            out.append(np.frombuffer(code, dtype=np.uint8))
+        return np.stack(out) if out else np.zeros((0, self.bits // 8), dtype=np.uint8)
+
+    def search(self, queries: np.ndarray, k: int, *, categories: Any = None,
+               mask_table: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` of the shard's current videos: ``(distances int32 (nq, k), ids object (nq, k))``,
         ascending distance; padding distance ``bits + 1``, id None."""
+        if categories is not None or mask_table is not None:
+            raise LookupError("category-mask search is not available on an index with online updates")
+        with self._lock:
+            return self._search(queries, k)
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = np.asarray(queries, dtype=np.uint8)
         nq = q.shape[0]
         pad = self.bits + 1

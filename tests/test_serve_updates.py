@@ -1,0 +1,155 @@
+# ruff: noqa: E741  (D, I: faiss naming of distances / ids)
+"""Online adds and deletes through the service (serve.updates) against brute force over the acknowledged state.
+
+Oracle: numpy brute-force Hamming over the base codes with every acknowledged update applied (each client
+owns a disjoint set of ids, so the final state does not depend on how their requests interleave).
+Real parts: a local Ray, Serve over HTTP, 3 shard deployments, the update log on local disk, a shard
+replica killed with SIGKILL (it replays the log when Serve restarts it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from vhindex.data.schema import CodesDatasetMeta
+from vhindex.data.writer import CodesDatasetWriter
+from vhindex.index.codes import code_to_hex
+from vhindex.index.sharded import IndexSpec, build_sharded_index
+from vhindex.index.testing import assert_same_knn, brute_force_knn
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ray")]
+
+BITS = 32
+
+
+@pytest.fixture(scope="module")
+def ray_serve(shared_ray):
+    from ray import serve
+
+    from cluster.runtime import free_ports
+
+    port = free_ports(1)[0]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port, shared_ray.direct_port
+    serve.shutdown()
+
+
+def test_concurrent_adds_deletes_and_queries_equal_brute_force(ray_serve, tmp_path):
+    from ray import serve
+
+    from cluster.serve import deploy
+    from vhindex.config import ServeSection
+
+    rng = np.random.default_rng(0)
+    n = 900
+    codes = rng.integers(0, 256, size=(n, BITS // 8), dtype=np.uint8)
+    ids = [f"b{i:04d}" for i in range(n)]
+    with CodesDatasetWriter(str(tmp_path / "codes"), CodesDatasetMeta(bits=BITS, model="itq", model_version="v"),
+                            row_group_size=100) as w:
+        w.write(ids, codes)
+    build_sharded_index(str(tmp_path / "codes"), str(tmp_path / "index"), 3, spec=IndexSpec("flat", {}))
+    settings = ServeSection.model_validate(dict(
+        index=str(tmp_path / "index"), port=ray_serve[0], direct_port=ray_serve[1], shard_cpus=0.1, router_cpus=0.1,
+        app_name="up", route_prefix="/", updates=True, update_poll_s=0.2, max_k=2000))
+    deploy(settings)
+    base = f"http://127.0.0.1:{settings.port}"
+    deadline = time.monotonic() + 60
+    while requests.get(base + "/healthz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    state = {v: c.tobytes() for v, c in zip(ids, codes, strict=True)}
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def client(c: int) -> None:
+        r = random.Random(c)
+        mine = ids[c::4][:100]  # base ids this client may replace or delete
+        s = requests.Session()
+        for j in range(150):
+            roll = r.random()
+            if roll < 0.45:
+                vid = f"c{c}-{j}" if r.random() < 0.6 or not mine else r.choice(mine)
+                code = r.randbytes(BITS // 8)
+                reply = s.post(base + "/videos", json={"videos": [{"video_id": vid, "code": code.hex()}]}, timeout=30)
+                if reply.status_code != 200:
+                    errors.append(reply.text)
+                    continue
+                with lock:
+                    state[vid] = code
+                if vid not in mine:
+                    mine.append(vid)
+                # read your writes: the id answers with its new code right away
+                got = s.post(base + "/search", json={"video_id": vid, "k": 1}, timeout=30).json()
+                if not got.get("results") or got["results"][0]["distance"] != 0:
+                    errors.append(f"read-your-writes failed for {vid}: {got}")
+            elif roll < 0.75 and mine:
+                vid = mine.pop(r.randrange(len(mine)))
+                reply = (s.delete(base + f"/videos/{vid}", timeout=30) if r.random() < 0.5 else
+                         s.post(base + "/videos/delete", json={"video_ids": [vid]}, timeout=30))
+                if reply.status_code != 200:
+                    errors.append(reply.text)
+                    continue
+                with lock:
+                    state.pop(vid, None)
+                gone = s.post(base + "/search", json={"video_id": vid, "k": 1}, timeout=30)
+                if gone.status_code != 404:
+                    errors.append(f"deleted {vid} still answers: {gone.status_code} {gone.text}")
+            else:
+                q = r.randbytes(BITS // 8)
+                reply = s.post(base + "/search", json={"code": q.hex(), "k": 5}, timeout=30)
+                if reply.status_code != 200:
+                    errors.append(reply.text)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+
+    def check_exact() -> None:
+        all_ids = sorted(state)
+        all_codes = np.stack([np.frombuffer(state[v], np.uint8) for v in all_ids])
+        q = np.concatenate([all_codes[rng.integers(0, len(all_ids), 10)],
+                            rng.integers(0, 256, size=(10, BITS // 8), dtype=np.uint8)])
+        D_ref, pos = brute_force_knn(q, all_codes)
+        I_ref = np.array(all_ids, dtype=object)[pos]
+        for k in (10, 100):
+            body = requests.post(base + "/search/batch", json={"queries": [{"code": code_to_hex(x)} for x in q],
+                                                               "k": k}, timeout=60).json()
+            D = np.array([[h["distance"] for h in r] for r in body["results"]], dtype=np.int32)
+            I = np.array([[h["video_id"] for h in r] for r in body["results"]], dtype=object)
+            assert_same_knn(D, I, D_ref, I_ref)
+        total = sum(requests.get(base + "/info", timeout=10).json()["counts"])
+        assert total == n  # the base counts (the info of the built index); the live count is the oracle's
+
+    check_exact()
+    # a shard replica killed: Serve restarts it, it replays the log, answers stay exact
+    handle = serve.get_deployment_handle("Shard1", "up")
+    pid = handle.broadcast("loaded_versions").results(timeout_s=30)[0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            pids = [r["pid"] for r in handle.broadcast("loaded_versions").results(timeout_s=10)]
+            if pids and pid not in pids and requests.get(base + "/healthz", timeout=5).status_code == 200:
+                break
+        except Exception:  # noqa: BLE001 -- restarting
+            pass
+        assert time.monotonic() < deadline, "shard replica did not come back"
+        time.sleep(0.5)
+    check_exact()
+    # bad update requests
+    for body, status, text in [({"videos": [{"video_id": "x", "code": "zz"}]}, 400, "videos[0].code"),
+                               ({"videos": []}, 422, "videos"), ({"video_ids": []}, 422, "video_ids")]:
+        path = "/videos" if "videos" in body else "/videos/delete"
+        reply = requests.post(base + path, json=body, timeout=30)
+        assert reply.status_code == status and text in reply.json()["error"], (body, reply.text)
