@@ -149,7 +149,11 @@ class IndexShardServer:
         """Apply a batch the router just wrote to the log (read-your-writes; repeats are harmless)."""
         from vhindex.index.live import Update
 
-        return self._apply([Update.from_json(u) for u in batch])
+        updates = [Update.from_json(u) for u in batch]
+        if updates and self._log is not None:
+            _, writer, seq = updates[0].stamp
+            self._log.mark_read(writer, seq)  # the follower skips it unless an earlier batch is missing
+        return self._apply(updates)
 
     def _load(self, url: str) -> None:
         sharded = _open_index(url, self.storage_options)

@@ -158,6 +158,12 @@ class UpdateLog:
         else:  # an object store: one put, all or nothing
             self.fs.pipe_file(path, data)
 
+    def mark_read(self, writer: str, seq: int) -> None:
+        """Note that batch ``seq`` of ``writer`` arrived another way (pushed by the router), so :meth:`read_new`
+        need not read it again -- only when it is the next one: a gap is still read from the log."""
+        if self._read.get(writer, 0) == seq - 1:
+            self._read[writer] = seq
+
     def read_new(self) -> list[Update]:
         """Every update of batches not read before by this object (all writers), in stamp order."""
         try:
@@ -189,6 +195,10 @@ class UpdateLog:
 class LiveShard:
     """One shard of a living index: its base :class:`~vhindex.index.sharded.ShardIndex` plus the updates.
 
+    The delta (videos stored here by updates) is a faiss ``IndexBinaryFlat`` that only grows: a replaced or
+    deleted delta video is marked dead and left out of answers by over-asking, like the hidden base
+    videos, so applying an update never rebuilds anything.
+
     Args:
         base: the shard as built.
         shard_id: its number.
@@ -196,14 +206,19 @@ class LiveShard:
     """
 
     def __init__(self, base: Any, shard_id: int, num_shards: int) -> None:
+        import faiss
+
         self.base = base
         self.bits = int(base.bits)
         self.shard_id, self.num_shards = int(shard_id), int(num_shards)
         self.stamps: dict[str, Stamp] = {}  # id -> stamp of the latest update applied
-        self.delta: dict[str, np.ndarray] = {}  # ids stored here by updates -> packed code
         self.hidden: set[str] = set()  # base ids hidden by a later update
-        self._delta_ids: list[str] = []
-        self._delta_codes: np.ndarray | None = None
+        self._hidden_mask = np.zeros(len(base), dtype=bool)  # the same, by base position
+        self._delta = faiss.IndexBinaryFlat(self.bits)
+        self._delta_ids: list[str] = []  # delta position -> id
+        self._delta_pos: dict[str, int] = {}  # live delta id -> position
+        self._dead = np.zeros(0, dtype=bool)  # delta position superseded or deleted
+        self._n_dead = 0
         # updates arrive on another thread (the log follower) while searches run
         self._lock = threading.RLock()
 
@@ -213,47 +228,64 @@ class LiveShard:
     @property
     def count(self) -> int:
         """Videos this shard holds now."""
-        return len(self.base) - len(self.hidden) + len(self.delta)
+        return len(self.base) - len(self.hidden) + len(self._delta_pos)
+
+    @property
+    def delta_size(self) -> int:
+        """Videos stored here by updates (the part a compaction would fold into the base)."""
+        return len(self._delta_pos)
 
     def apply(self, updates: Iterable[Update]) -> int:
         """Apply updates (any order, any repeats: the largest stamp per id wins); how many changed the state."""
         with self._lock:
             return self._apply(updates)
 
+    def _grow_dead(self) -> None:
+        if len(self._dead) < len(self._delta_ids):  # doubling: amortised O(1) per add
+            grown = np.zeros(max(len(self._delta_ids), 2 * len(self._dead)), dtype=bool)
+            grown[: len(self._dead)] = self._dead
+            self._dead = grown
+
+    def _kill(self, video_id: str) -> None:
+        pos = self._delta_pos.pop(video_id, None)
+        if pos is not None:
+            self._grow_dead()
+            self._dead[pos] = True
+            self._n_dead += 1
+
     def _apply(self, updates: Iterable[Update]) -> int:
         changed = 0
+        new_codes: list[np.ndarray] = []
         for u in updates:
             if u.stamp <= self.stamps.get(u.video_id, BASE_STAMP):
                 continue
             self.stamps[u.video_id] = u.stamp
             changed += 1
-            in_base = self.base.contains(u.video_id)
-            mine = u.op == "add" and shard_of(u.video_id, self.num_shards) == self.shard_id
-            if mine:
-                self.delta[u.video_id] = np.frombuffer(u.code, dtype=np.uint8).copy()
-            else:
-                self.delta.pop(u.video_id, None)
-            if in_base:
+            self._kill(u.video_id)
+            if u.op == "add" and shard_of(u.video_id, self.num_shards) == self.shard_id:
+                self._delta_pos[u.video_id] = len(self._delta_ids)
+                self._delta_ids.append(u.video_id)
+                new_codes.append(np.frombuffer(u.code, dtype=np.uint8))
+            if self.base.contains(u.video_id) and u.video_id not in self.hidden:
                 self.hidden.add(u.video_id)
-            self._delta_codes = None
+                self._hidden_mask[int(self.base.idmap.to_ints([u.video_id])[0])] = True
+        if new_codes:
+            # positions were handed out in order above; the faiss index takes the codes in the same order
+            added = np.ascontiguousarray(np.stack(new_codes))
+            self._delta.add(added)
+            self._grow_dead()
         return changed
-
-    def _delta_arrays(self) -> tuple[list[str], np.ndarray]:
-        if self._delta_codes is None:
-            self._delta_ids = sorted(self.delta)
-            self._delta_codes = (np.stack([self.delta[v] for v in self._delta_ids]) if self._delta_ids
-                                 else np.zeros((0, self.bits // 8), dtype=np.uint8))
-        return self._delta_ids, self._delta_codes
 
     def contains(self, video_id: str) -> bool:
         """Whether the shard holds ``video_id`` now."""
-        return video_id in self.delta or (self.base.contains(video_id) and video_id not in self.hidden)
+        return video_id in self._delta_pos or (self.base.contains(video_id) and video_id not in self.hidden)
 
     def code_of(self, video_id: str) -> bytes | None:
         """The current packed code of ``video_id`` here, or None."""
         with self._lock:
-            if video_id in self.delta:
-                return self.delta[video_id].tobytes()
+            pos = self._delta_pos.get(video_id)
+            if pos is not None:
+                return bytes(self._delta.reconstruct(pos))
             if self.base.contains(video_id) and video_id not in self.hidden:
                 return bytes(self.base.reconstruct([video_id])[0])
             return None
@@ -271,31 +303,42 @@ class LiveShard:
     def search(self, queries: np.ndarray, k: int, *, categories: Any = None,
                mask_table: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` of the shard's current videos: ``(distances int32 (nq, k), ids object (nq, k))``,
-        ascending distance; padding distance ``bits + 1``, id None."""
+        ascending distance (ties: base before delta, each in its own order); padding ``bits + 1`` / None."""
         if categories is not None or mask_table is not None:
             raise LookupError("category-mask search is not available on an index with online updates")
         with self._lock:
-            return self._search(queries, k)
+            return self._search(np.asarray(queries, dtype=np.uint8), int(k))
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.asarray(queries, dtype=np.uint8)
-        nq = q.shape[0]
-        pad = self.bits + 1
-        kb = k + len(self.hidden)
-        bd, bi = self.base.search(q, max(1, min(kb, max(len(self.base), 1)))) if len(self.base) else (
-            np.full((nq, 1), pad, np.int32), np.full((nq, 1), None, object))
-        ids, codes = self._delta_arrays()
-        if ids:
-            dd = np.unpackbits(q[:, None, :] ^ codes[None, :, :], axis=2).sum(axis=2).astype(np.int32)
-        else:
-            dd = np.zeros((nq, 0), np.int32)
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        nq, pad = q.shape[0], self.bits + 1
+        parts_d, parts_i = [], []
+        if len(self.base):
+            kb = min(k + len(self.hidden), len(self.base))
+            d, pos = self.base.search_positions(q, kb)
+            bad = pos < 0
+            if self.hidden:
+                bad |= self._hidden_mask[np.maximum(pos, 0)]
+            ids = self.base.idmap.to_ids(np.where(bad, -1, pos))
+            parts_d.append(np.where(bad, pad, d))
+            parts_i.append(ids)
+        if self._delta.ntotal:
+            kd = min(k + self._n_dead, self._delta.ntotal)
+            d, pos = self._delta.search(q, kd)
+            bad = (pos < 0) | self._dead[np.maximum(pos, 0)]
+            ids = np.array(self._delta_ids, dtype=object)[np.maximum(pos, 0)]
+            ids[bad] = None
+            parts_d.append(np.where(bad, pad, d).astype(np.int32))
+            parts_i.append(ids)
         out_d = np.full((nq, k), pad, dtype=np.int32)
         out_i = np.full((nq, k), None, dtype=object)
-        delta_ids = np.array(ids, dtype=object)
-        for r in range(nq):
-            keep = [(int(d), v) for d, v in zip(bd[r], bi[r], strict=True) if v is not None and v not in self.hidden]
-            keep += [(int(d), v) for d, v in zip(dd[r], delta_ids, strict=True)]
-            keep.sort(key=lambda t: t[0])  # stable: base order first, then delta (id order) on ties
-            for c, (d, v) in enumerate(keep[:k]):
-                out_d[r, c], out_i[r, c] = d, v
+        if not parts_d:
+            return out_d, out_i
+        dist = np.concatenate(parts_d, axis=1)
+        ids = np.concatenate(parts_i, axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        rows = np.arange(nq)[:, None]
+        n = order.shape[1]
+        out_d[:, :n] = dist[rows, order]
+        out_i[:, :n] = ids[rows, order]
+        out_i[out_d == pad] = None
         return out_d, out_i
