@@ -496,6 +496,15 @@ def _openapi() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    # FastAPI documents its own 422 body for routes with parameters; ours answers {"error"} there too
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for methods in doc.get("paths", {}).values():
+        for op in methods.values():
+            for status, resp in op.get("responses", {}).items():
+                if status[:1] in "45":
+                    resp["content"] = {"application/json": {"schema": dict(error_ref)}}
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
     app.openapi_schema = doc
     return doc
 
@@ -823,8 +832,7 @@ class Router:
             from vhindex.index.live import UpdateLog
 
             writer = "r" + hashlib.sha256(f"{_os.getpid()}-{time.time_ns()}".encode()).hexdigest()[:10]
-            self._log = UpdateLog(self.settings.update_log or f"{self._index_url}/_updates", self.storage_options,
-                                  writer=writer, bits=self.bits)
+            self._log = UpdateLog(self.settings.update_log, self.storage_options, writer=writer, bits=self.bits)
         try:
             updates = await asyncio.to_thread(self._log.append, ops)
         except ValueError as err:
@@ -1115,7 +1123,9 @@ def build_app(args: dict[str, Any]) -> Any:
             .bind(i, settings.frame_index, so, settings.faiss_threads)
             for i in range(int(fm["num_shards"]))]
     # the index travels in user_config (a new one hot-swaps instead of restarting the router)
-    router_settings = settings.model_copy(update={"index": None})
+    # the update log stays where it was when the app was built: a hot swap to another index URL keeps it
+    router_settings = settings.model_copy(update={"index": None,
+                                                  "update_log": updates["log"] if updates else settings.update_log})
     token_sha256 = None
     if settings.auth_token_env:
         token = os.environ.get(settings.auth_token_env, "")
