@@ -169,9 +169,10 @@ class IndexShardServer:
         if self.updates:
             import threading
 
-            from vhindex.index.live import LiveShard, UpdateLog
+            from vhindex.index.live import LiveShard, UpdateLog, read_compaction
 
-            shard = LiveShard(shard, self.shard_id, int(info["num_shards"]))
+            shard = LiveShard(shard, self.shard_id, int(info["num_shards"]),
+                              compaction=read_compaction(url, self.storage_options))
             if self._log is None:
                 self._log = UpdateLog(self.updates["log"], self.storage_options, writer="reader",
                                       bits=int(info["bits"]))

@@ -169,3 +169,48 @@ def test_a_refused_write_acknowledges_nothing_and_a_restarted_writer_continues(t
     assert b[0].stamp[2] == a[0].stamp[2] + 1
     got = UpdateLog(log_url, writer="r2", bits=BITS).read_new()
     assert [(u.op, u.video_id) for u in got] == [("add", "x"), ("delete", "x")]
+
+
+def test_compaction_folds_the_log_and_later_updates_still_apply(tmp_path):
+    import json
+
+    from vhindex.index.live import compact, read_compaction
+
+    index_url, base = _base(tmp_path, n=300, shards=3)
+    log_url = str(tmp_path / "log")
+    log = UpdateLog(log_url, writer="w", bits=BITS)
+    rng, nrng = random.Random(3), np.random.default_rng(3)
+    known = list(base)
+    acked = []
+    for _ in range(30):
+        acked += log.append(_random_ops(rng, known, rng.randint(1, 8), "pre"))
+    before = _live(index_url)
+    for s in before:
+        s.apply(UpdateLog(log_url, writer="r0", bits=BITS).read_new())
+    out = compact(index_url, log_url, str(tmp_path / "index-2"))
+    assert out["folded_updates"] == len(acked) and out["through"] == {"w": 30}
+    record = read_compaction(str(tmp_path / "index-2"))
+    # later updates, and a slow writer whose batch carries an older stamp than a folded update
+    for _ in range(10):
+        acked += log.append(_random_ops(rng, known, rng.randint(1, 8), "post"))
+    victim = next(u for u in acked if u.op == "add" and u.stamp[2] <= 30)  # an add folded into the new base
+    stale = {"writer": "slow", "seq": 1, "updates": [{"op": "delete", "id": victim.video_id, "code": None,
+                                                      "stamp": [victim.stamp[0] - 1, "slow", 1]}]}
+    (tmp_path / "log" / "slow").mkdir()
+    (tmp_path / "log" / "slow" / f"{1:012d}.json").write_text(json.dumps(stale))
+    state = dict(base)
+    all_updates = sorted(acked + [__import__("vhindex.index.live", fromlist=["Update"]).Update.from_json(
+        stale["updates"][0])], key=lambda u: u.stamp)
+    for u in all_updates:
+        state.pop(u.video_id, None) if u.op == "delete" else state.__setitem__(u.video_id, u.code)
+    after = [LiveShard(ShardedIndex.open(str(tmp_path / "index-2")).load_shard(i), i, 3, compaction=record)
+             for i in range(3)]
+    replay = UpdateLog(log_url, writer="r1", bits=BITS).read_new()
+    for s in after:
+        s.apply(replay)
+    for k in (1, 20):
+        _check(after, state, nrng, k)
+    assert sum(s.delta_size for s in after) < sum(s.delta_size for s in before)  # the folded adds left the delta
+    # a second compaction starts from the first one's record
+    again = compact(str(tmp_path / "index-2"), log_url, str(tmp_path / "index-3"))
+    assert again["through"]["w"] == 40 and again["videos"] == len(state)

@@ -153,3 +153,88 @@ def test_concurrent_adds_deletes_and_queries_equal_brute_force(ray_serve, tmp_pa
         path = "/videos" if "videos" in body else "/videos/delete"
         reply = requests.post(base + path, json=body, timeout=30)
         assert reply.status_code == status and text in reply.json()["error"], (body, reply.text)
+
+
+def test_compaction_swaps_in_under_load_with_exact_answers(ray_serve, tmp_path):
+    """Updates, `vhindex index compact`, a hot swap to the compacted index while queries run: every answer
+    equals brute force over the acknowledged state, the serving version switches once, updates keep working."""
+    from cluster.serve import deploy
+    from vhindex.app.cli import main as cli_main
+    from vhindex.config import ServeSection
+
+    rng = np.random.default_rng(1)
+    n = 600
+    codes = rng.integers(0, 256, size=(n, BITS // 8), dtype=np.uint8)
+    ids = [f"b{i:04d}" for i in range(n)]
+    with CodesDatasetWriter(str(tmp_path / "codes"), CodesDatasetMeta(bits=BITS, model="itq", model_version="v"),
+                            row_group_size=50) as w:
+        w.write(ids, codes)
+    build_sharded_index(str(tmp_path / "codes"), str(tmp_path / "index"), 3, spec=IndexSpec("flat", {}))
+    log_url = str(tmp_path / "log")
+
+    def settings_for(index: str) -> ServeSection:
+        return ServeSection.model_validate(dict(
+            index=index, port=ray_serve[0], direct_port=ray_serve[1], shard_cpus=0.1, router_cpus=0.1, app_name="cp",
+            route_prefix="/", updates=True, update_log=log_url, max_k=2000))
+
+    deploy(settings_for(str(tmp_path / "index")))
+    base = f"http://127.0.0.1:{ray_serve[0]}"
+    deadline = time.monotonic() + 60
+    while requests.get(base + "/healthz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    state = {v: c.tobytes() for v, c in zip(ids, codes, strict=True)}
+    r = random.Random(2)
+    for j in range(60):
+        if r.random() < 0.6:
+            vid, code = (f"n{j}" if r.random() < 0.7 else r.choice(ids)), r.randbytes(BITS // 8)
+            assert requests.post(base + "/videos", json={"videos": [{"video_id": vid, "code": code.hex()}]},
+                                 timeout=30).status_code == 200
+            state[vid] = code
+        else:
+            vid = r.choice(sorted(state))
+            assert requests.delete(base + f"/videos/{vid}", timeout=30).status_code == 200
+            state.pop(vid)
+    old_version = requests.get(base + "/info", timeout=10).json()["serving_version"]
+    assert cli_main(["index", "compact", "--index", str(tmp_path / "index"), "--log", log_url,
+                     "--out", str(tmp_path / "index-2")]) == 0
+    all_ids = sorted(state)
+    all_codes = np.stack([np.frombuffer(state[v], np.uint8) for v in all_ids])
+    q = np.concatenate([all_codes[rng.integers(0, len(all_ids), 8)],
+                        rng.integers(0, 256, size=(8, BITS // 8), dtype=np.uint8)])
+    D_ref, pos = brute_force_knn(q, all_codes)
+    I_ref = np.array(all_ids, dtype=object)[pos]
+    versions, bad = [], []
+    stop = threading.Event()
+
+    def load() -> None:
+        s = requests.Session()
+        while not stop.is_set():
+            body = s.post(base + "/search/batch", json={"queries": [{"code": code_to_hex(x)} for x in q], "k": 20},
+                          timeout=60).json()
+            versions.append(body["index_version"])
+            D = np.array([[h["distance"] for h in row] for row in body["results"]], dtype=np.int32)
+            I = np.array([[h["video_id"] for h in row] for row in body["results"]], dtype=object)
+            try:
+                assert_same_knn(D, I, D_ref, I_ref)
+            except AssertionError as err:
+                bad.append((body["index_version"], str(err)[:300]))
+
+    t = threading.Thread(target=load)
+    t.start()
+    deploy(settings_for(str(tmp_path / "index-2")))  # the hot swap
+    deadline = time.monotonic() + 90
+    while requests.get(base + "/info", timeout=10).json()["serving_version"] == old_version:
+        assert time.monotonic() < deadline, "the compacted version was never served"
+        time.sleep(0.3)
+    time.sleep(1.0)
+    stop.set()
+    t.join()
+    assert not bad, bad[:3]
+    switches = sum(1 for a, b in zip(versions, versions[1:], strict=False) if a != b)
+    assert switches == 1 and versions[0] == old_version and versions[-1] != old_version, (switches, versions[:3])
+    # updates after the swap land on the compacted base
+    assert requests.post(base + "/videos", json={"videos": [{"video_id": "after", "code": "00" * (BITS // 8)}]},
+                         timeout=30).status_code == 200
+    got = requests.post(base + "/search", json={"video_id": "after", "k": 1}, timeout=30).json()
+    assert got["results"][0]["distance"] == 0

@@ -236,6 +236,17 @@ def cmd_index_frames(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index_compact(args: argparse.Namespace) -> int:
+    """``vhindex index compact``: fold the update log into a new base index (serve it with a hot swap)."""
+    from vhindex.index.live import compact
+
+    out = compact(args.index, args.log or f"{args.index.rstrip('/')}/_updates", args.out,
+                  storage_options=_storage_options(args.storage_options))
+    print(f"compacted {out['folded_updates']} updates into {out['videos']} videos -> {args.out} (index version "
+          f"{out['index_version']}); deploy it with serve.index={args.out} and the same serve.update_log")
+    return 0
+
+
 def cmd_index_flat(args: argparse.Namespace) -> int:
     """``vhindex index flat``: codes -> one flat index file (what ``vhindex query`` reads)."""
     from vhindex.data import CodesDataset
@@ -467,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.add_argument("--storage-options", help="fsspec options as JSON")
     c.set_defaults(func=cmd_index_flat)
+    c = isub.add_parser("compact", help="fold a served index's update log into a new base index (then hot-swap it)")
+    c.add_argument("--index", required=True, help="the served sharded index")
+    c.add_argument("--log", help="its update log (default: <index>/_updates, as serve.update_log)")
+    c.add_argument("--out", required=True, help="URL of the new index")
+    c.add_argument("--storage-options", help="fsspec options as JSON")
+    c.set_defaults(func=cmd_index_compact)
     c = isub.add_parser("frames", help="frame features + a frame model (fitted on single frames) -> sharded "
                                        "frame-level index (UTS Algorithm 1; copy search with matching segments)")
     c.add_argument("--frames", required=True, help="frame-feature dataset URL")

@@ -40,7 +40,10 @@ import numpy as np
 
 from vhindex.fs import is_local, join, url_to_fs
 
-__all__ = ["LiveShard", "Update", "UpdateLog", "shard_of"]
+__all__ = ["COMPACTION_FILE", "LiveShard", "Update", "UpdateLog", "compact", "read_compaction", "shard_of"]
+
+#: what a compacted index records about the updates it folded in (written before its top manifest)
+COMPACTION_FILE = "_compaction.json"
 
 Stamp = tuple[int, str, int]
 #: stamp of every video of the base index (older than any update)
@@ -205,13 +208,18 @@ class LiveShard:
         num_shards: shards of the index (for :func:`shard_of`).
     """
 
-    def __init__(self, base: Any, shard_id: int, num_shards: int) -> None:
+    def __init__(self, base: Any, shard_id: int, num_shards: int, *, compaction: dict[str, Any] | None = None) -> None:
         import faiss
 
         self.base = base
+        # a compacted base already holds the updates up to a watermark; it remembers their stamps so that an
+        # older update seen later (a slow writer) cannot undo a newer one that was folded in
+        self.folded: dict[str, int] = {} if compaction is None else {w: int(q) for w, q in compaction["through"].items()}
         self.bits = int(base.bits)
         self.shard_id, self.num_shards = int(shard_id), int(num_shards)
         self.stamps: dict[str, Stamp] = {}  # id -> stamp of the latest update applied
+        if compaction is not None:
+            self.stamps.update({v: (int(t[0]), str(t[1]), int(t[2])) for v, t in compaction["stamps"].items()})
         self.hidden: set[str] = set()  # base ids hidden by a later update
         self._hidden_mask = np.zeros(len(base), dtype=bool)  # the same, by base position
         self._delta = faiss.IndexBinaryFlat(self.bits)
@@ -257,8 +265,8 @@ class LiveShard:
         changed = 0
         new_codes: list[np.ndarray] = []
         for u in updates:
-            if u.stamp <= self.stamps.get(u.video_id, BASE_STAMP):
-                continue
+            if u.stamp[2] <= self.folded.get(u.stamp[1], 0) or u.stamp <= self.stamps.get(u.video_id, BASE_STAMP):
+                continue  # folded into the base, or older than what is applied
             self.stamps[u.video_id] = u.stamp
             changed += 1
             self._kill(u.video_id)
@@ -342,3 +350,83 @@ class LiveShard:
         out_i[:, :n] = ids[rows, order]
         out_i[out_d == pad] = None
         return out_d, out_i
+
+
+def read_compaction(index_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The compaction record of an index (:func:`compact`), or None for an index built from codes."""
+    fs, root = url_to_fs(index_url, storage_options)
+    path = join(fs, root, COMPACTION_FILE)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def compact(index_url: str, log_url: str, out_url: str, *, storage_options: dict[str, Any] | None = None,
+            num_shards: int | None = None) -> dict[str, Any]:
+    """Fold the update log into a new base index at ``out_url`` (``vhindex index compact``).
+
+    The new index holds the base's videos with every update read from the log applied (last writer wins),
+    and records (``_compaction.json``) the log, the last batch folded per writer and the stamps of every
+    video those updates touched. Shard replicas that load it apply only the log's later batches, on top of
+    those stamps, so nothing is lost or applied twice -- and serving it is an ordinary hot swap
+    (``deploy`` with ``serve.index = out_url`` and the same ``serve.update_log``).
+
+    Returns:
+        ``{"index_version", "videos", "folded_updates", "through"}``.
+    """
+    from vhindex.data.schema import CodesDatasetMeta
+    from vhindex.data.writer import CodesDatasetWriter
+    from vhindex.fs import write_json_atomic
+    from vhindex.index.sharded import IndexSpec, ShardedIndex, build_sharded_index
+
+    idx = ShardedIndex.open(index_url, storage_options)
+    info = idx.info()
+    bits = int(info["bits"])
+    previous = read_compaction(index_url, storage_options)
+    state: dict[str, bytes] = {}
+    stamps: dict[str, Stamp] = {}
+    through: dict[str, int] = {}
+    if previous is not None:
+        stamps = {v: (int(t[0]), str(t[1]), int(t[2])) for v, t in previous["stamps"].items()}
+        through = {w: int(q) for w, q in previous["through"].items()}
+    for i in range(idx.num_shards):
+        shard = idx.load_shard(i)
+        codes = shard.codes_view()
+        for vid, code in zip(shard.idmap.ids, codes, strict=True):
+            state[vid] = code.tobytes()
+    log = UpdateLog(log_url, storage_options, writer="compactor", bits=bits)
+    folded = 0
+    for u in log.read_new():
+        _, writer, seq = u.stamp
+        if seq <= through.get(writer, 0) and previous is not None:
+            continue  # already in the base we started from
+        folded += 1
+        if u.stamp > stamps.get(u.video_id, BASE_STAMP):
+            stamps[u.video_id] = u.stamp
+            if u.op == "add":
+                state[u.video_id] = u.code
+            else:
+                state.pop(u.video_id, None)
+    for w, last in log._read.items():
+        through[w] = max(through.get(w, 0), last)
+    ids = sorted(state)
+    codes_url = f"{out_url.rstrip('/')}-codes"
+    with CodesDatasetWriter(codes_url, CodesDatasetMeta(bits=bits, model=str(info.get("model", "unknown")),
+                                                        model_version=str(info.get("model_version") or "")),
+                            storage_options=storage_options, overwrite=True,
+                            # enough row groups for the shard count to be kept (row groups are never split)
+                            row_group_size=max(1, min(100_000, len(ids) // (4 * (num_shards or idx.num_shards))))) as w:
+        w.write(ids, np.stack([np.frombuffer(state[v], np.uint8) for v in ids]) if ids else
+                np.zeros((0, bits // 8), np.uint8))
+    spec = IndexSpec.from_dict(info["spec"]) if "spec" in info else IndexSpec("flat", {})
+    fs, root = url_to_fs(out_url, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    # the record goes first: the top manifest, written last by the build, makes the folder an index
+    write_json_atomic(fs, join(fs, root, COMPACTION_FILE), {
+        "from": index_url, "log": log_url, "through": through,
+        "stamps": {v: list(t) for v, t in stamps.items()}})
+    manifest = build_sharded_index(codes_url, out_url, num_shards or idx.num_shards, spec=spec, so=storage_options,
+                                   allow_fewer_shards=True)
+    return {"index_version": manifest.index_version, "videos": len(ids), "folded_updates": folded,
+            "through": through}
