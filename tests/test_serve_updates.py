@@ -42,9 +42,18 @@ def ray_serve(shared_ray):
     serve.shutdown()
 
 
+def _clear_apps() -> None:
+    """Both tests serve at route prefix "/": remove whatever app an earlier test left running."""
+    from ray import serve
+
+    for name in list(serve.status().applications):
+        serve.delete(name)
+
+
 def test_concurrent_adds_deletes_and_queries_equal_brute_force(ray_serve, tmp_path):
     from ray import serve
 
+    _clear_apps()
     from cluster.serve import deploy
     from vhindex.config import ServeSection
 
@@ -162,6 +171,7 @@ def test_compaction_swaps_in_under_load_with_exact_answers(ray_serve, tmp_path):
     from vhindex.app.cli import main as cli_main
     from vhindex.config import ServeSection
 
+    _clear_apps()
     rng = np.random.default_rng(1)
     n = 600
     codes = rng.integers(0, 256, size=(n, BITS // 8), dtype=np.uint8)
