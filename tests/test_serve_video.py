@@ -283,8 +283,9 @@ def test_client_and_cli_against_a_live_service(ray_serve, corpus, tmp_path, monk
     # a replica killed mid-call: the router answers 503, the client retries and gets the right answer
     long_path = str(tmp_path / "long.mp4")
     rng = np.random.default_rng(0)
-    write_test_video(long_path, (rng.integers(0, 255, size=(1, 240, 320, 3), dtype=np.uint8).repeat(900, axis=0)
-                                 + np.arange(900, dtype=np.uint8)[:, None, None, None] // 4), fps=30,
+    n_long = 2400  # long enough that decoding it keeps the replica busy for a while, even on a fast machine
+    write_test_video(long_path, (rng.integers(0, 255, size=(1, 240, 320, 3), dtype=np.uint8).repeat(n_long, axis=0)
+                                 + (np.arange(n_long) % 256).astype(np.uint8)[:, None, None, None]), fps=30,
                      options={"crf": "10", "preset": "ultrafast"})
     handle = serve.get_deployment_handle("VideoEncoder", settings.app_name)
     pid = handle.info.remote().result(timeout_s=30)["pid"]
@@ -298,8 +299,14 @@ def test_client_and_cli_against_a_live_service(ray_serve, corpus, tmp_path, monk
 
     retries_before = client.stats["retries"]
     worker = threading.Thread(target=query)
+    import psutil
+
+    cpu0 = sum(psutil.Process(pid).cpu_times()[:2])
     worker.start()
-    time.sleep(0.4)  # the upload is being decoded in the replica
+    deadline = time.monotonic() + 60
+    while sum(psutil.Process(pid).cpu_times()[:2]) - cpu0 < 0.3:  # the replica is decoding the upload
+        assert worker.is_alive() and time.monotonic() < deadline, "the upload never reached the encoder replica"
+        time.sleep(0.02)
     os.kill(pid, signal.SIGKILL)
     worker.join(timeout=180)
     assert "result" in outcome, outcome
