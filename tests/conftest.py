@@ -155,3 +155,17 @@ def private_ray(_shared_ray_state):
     """For a module that starts its own Ray: the shared one is shut down first."""
     _shared_ray_state.release()
     yield
+
+
+@pytest.fixture(scope="module")
+def ray_serve(shared_ray):
+    """Serve's HTTP proxy on a free 127.0.0.1 port of the shared Ray, for the module:
+    ``(proxy port, direct_port)`` -- deploy with both (``serve.port``, ``serve.direct_port``)."""
+    from ray import serve
+
+    from cluster.runtime import free_ports
+
+    port = free_ports(1)[0]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port, shared_ray.direct_port
+    serve.shutdown()

@@ -80,18 +80,6 @@ def _oracle(ids: list[str], codes: np.ndarray, queries: np.ndarray) -> tuple[np.
 
 
 @pytest.fixture(scope="module")
-def ray_serve(shared_ray):
-    from ray import serve
-
-    from cluster.runtime import free_ports
-
-    port = free_ports(1)[0]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port, shared_ray.direct_port
-    serve.shutdown()
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     ids, codes = _codes(3000, seed=1)

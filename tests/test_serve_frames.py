@@ -7,29 +7,16 @@ proxy, one deployment per frame shard, a sharded frame index built by ``build_sh
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import requests
+from serve_helpers import wait_healthy  # tests/ is on sys.path (pytest rootdir conftest)
 
 from vhindex.data.schema import CodesDatasetMeta
 from vhindex.data.writer import CodesDatasetWriter
 from vhindex.index.codes import code_to_hex
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ray")]
-
-
-@pytest.fixture(scope="module")
-def ray_serve(shared_ray):
-    from ray import serve
-
-    from cluster.runtime import free_ports
-
-    port = free_ports(1)[0]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port, shared_ray.direct_port
-    serve.shutdown()
 
 
 def test_frame_level_answers_equal_the_single_index(ray_serve, tmp_path):
@@ -69,11 +56,7 @@ def test_frame_level_answers_equal_the_single_index(ray_serve, tmp_path):
         index=str(tmp_path / "vidx"), frame_index=str(tmp_path / "fidx"), port=ray_serve[0], direct_port=ray_serve[1],
         shard_cpus=0.1, router_cpus=0.1, app_name="fr", route_prefix="/", frame_top_n=40))
     deploy(settings)
-    base = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 60
-    while requests.get(base + "/healthz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    base = wait_healthy(f"http://127.0.0.1:{settings.port}")
     info = requests.get(base + "/info", timeout=10).json()
     assert info["frame_index"]["shards"] == 3 and info["frame_index"]["frames"] == n * m
 

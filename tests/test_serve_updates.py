@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import requests
+from serve_helpers import wait_healthy  # tests/ is on sys.path (pytest rootdir conftest)
 
 from vhindex.data.schema import CodesDatasetMeta
 from vhindex.data.writer import CodesDatasetWriter
@@ -30,16 +31,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ray")]
 BITS = 32
 
 
-@pytest.fixture(scope="module")
-def ray_serve(shared_ray):
-    from ray import serve
-
-    from cluster.runtime import free_ports
-
-    port = free_ports(1)[0]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port, shared_ray.direct_port
-    serve.shutdown()
+def _base_index(tmp_path, rng: np.random.Generator, n: int, row_group_size: int) -> tuple[list[str], np.ndarray]:
+    """``n`` random codes (ids ``b0000``...) as a codes dataset and a 3-shard flat index under ``tmp_path/index``."""
+    codes = rng.integers(0, 256, size=(n, BITS // 8), dtype=np.uint8)
+    ids = [f"b{i:04d}" for i in range(n)]
+    with CodesDatasetWriter(str(tmp_path / "codes"), CodesDatasetMeta(bits=BITS, model="itq", model_version="v"),
+                            row_group_size=row_group_size) as w:
+        w.write(ids, codes)
+    build_sharded_index(str(tmp_path / "codes"), str(tmp_path / "index"), 3, spec=IndexSpec("flat", {}))
+    return ids, codes
 
 
 def _clear_apps() -> None:
@@ -59,21 +59,12 @@ def test_concurrent_adds_deletes_and_queries_equal_brute_force(ray_serve, tmp_pa
 
     rng = np.random.default_rng(0)
     n = 900
-    codes = rng.integers(0, 256, size=(n, BITS // 8), dtype=np.uint8)
-    ids = [f"b{i:04d}" for i in range(n)]
-    with CodesDatasetWriter(str(tmp_path / "codes"), CodesDatasetMeta(bits=BITS, model="itq", model_version="v"),
-                            row_group_size=100) as w:
-        w.write(ids, codes)
-    build_sharded_index(str(tmp_path / "codes"), str(tmp_path / "index"), 3, spec=IndexSpec("flat", {}))
+    ids, codes = _base_index(tmp_path, rng, n, row_group_size=100)
     settings = ServeSection.model_validate(dict(
         index=str(tmp_path / "index"), port=ray_serve[0], direct_port=ray_serve[1], shard_cpus=0.1, router_cpus=0.1,
         app_name="up", route_prefix="/", updates=True, update_poll_s=0.2, max_k=2000))
     deploy(settings)
-    base = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 60
-    while requests.get(base + "/healthz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    base = wait_healthy(f"http://127.0.0.1:{settings.port}")
     state = {v: c.tobytes() for v, c in zip(ids, codes, strict=True)}
     lock = threading.Lock()
     errors: list[str] = []
@@ -173,13 +164,7 @@ def test_compaction_swaps_in_under_load_with_exact_answers(ray_serve, tmp_path):
 
     _clear_apps()
     rng = np.random.default_rng(1)
-    n = 600
-    codes = rng.integers(0, 256, size=(n, BITS // 8), dtype=np.uint8)
-    ids = [f"b{i:04d}" for i in range(n)]
-    with CodesDatasetWriter(str(tmp_path / "codes"), CodesDatasetMeta(bits=BITS, model="itq", model_version="v"),
-                            row_group_size=50) as w:
-        w.write(ids, codes)
-    build_sharded_index(str(tmp_path / "codes"), str(tmp_path / "index"), 3, spec=IndexSpec("flat", {}))
+    ids, codes = _base_index(tmp_path, rng, 600, row_group_size=50)
     log_url = str(tmp_path / "log")
 
     def settings_for(index: str) -> ServeSection:
@@ -188,11 +173,7 @@ def test_compaction_swaps_in_under_load_with_exact_answers(ray_serve, tmp_path):
             route_prefix="/", updates=True, update_log=log_url, max_k=2000))
 
     deploy(settings_for(str(tmp_path / "index")))
-    base = f"http://127.0.0.1:{ray_serve[0]}"
-    deadline = time.monotonic() + 60
-    while requests.get(base + "/healthz", timeout=5).status_code != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    base = wait_healthy(f"http://127.0.0.1:{ray_serve[0]}")
     state = {v: c.tobytes() for v, c in zip(ids, codes, strict=True)}
     r = random.Random(2)
     for j in range(60):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from serve_helpers import wait_healthy  # tests/ is on sys.path (pytest rootdir conftest)
 
 from vhindex.data.schema import CodesDatasetMeta
 from vhindex.data.writer import CodesDatasetWriter
@@ -29,18 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("ray")]
 BITS = 16
 FRAMES = 4
 SIZE = 96
-
-
-@pytest.fixture(scope="module")
-def ray_serve(shared_ray):
-    from ray import serve
-
-    from cluster.runtime import free_ports
-
-    port = free_ports(1)[0]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port, shared_ray.direct_port
-    serve.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +82,7 @@ def _deploy(settings) -> str:
     from cluster.serve import deploy
 
     deploy(settings)
-    base = f"http://127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(base + "/healthz", timeout=5).status_code == 200:
-                return base
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("service not healthy within 90 s")
+    return wait_healthy(f"http://127.0.0.1:{settings.port}", timeout_s=90)
 
 
 def _expected(corpus, path: str, k: int):
