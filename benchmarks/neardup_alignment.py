@@ -9,7 +9,7 @@ the whole query maps onto the source's first ``frames * speed`` frames; a crop m
 Frame codes: ``--bits``-bit ITQ fitted on single frames of the whole set (UTS's frame hasher, as the
 benchmark's frame-level rows use it), frame times from the uniform sampling of the extraction
 (``floor((i + 0.5) N / M)``, at the clip's frame rate). The top segment of
-:func:`vhindex.index.frame_shards.align_with` is scored by 1-D IoU on both sides; a variant counts as
+:func:`vhindex.index.align.align_codes` is scored by 1-D IoU on both sides; a variant counts as
 aligned when both IoUs are at least ``--iou`` (0.5).
 
     .venv/bin/python benchmarks/neardup_alignment.py --report benchmarks/results/neardup_alignment.md
@@ -45,8 +45,7 @@ def main() -> None:
     from vhindex.benchdata.quality import _read_features
     from vhindex.data import FrameDataset
     from vhindex.features.video import uniform_indices
-    from vhindex.index.frame_shards import align_with
-    from vhindex.index.frames import FrameLevelIndex
+    from vhindex.index.align import align_codes
     from vhindex.models import build_model
 
     groups = json.loads((Path(args.work) / "videos" / "groups.json").read_text())
@@ -79,9 +78,7 @@ def main() -> None:
             truth_q, truth_d = (0.0, n_q / fps), (0.0, n_src / fps)
         db_times = (uniform_indices(n_src, m) + 0.5) / fps
         q_times = (uniform_indices(n_q, m) + 0.5) / fps
-        index = FrameLevelIndex(args.bits)
-        index.add([orig], [codes[pos[orig]]], times=[db_times])
-        segs = align_with(index, codes[pos[vid]], q_times, orig)
+        segs = align_codes(codes[pos[vid]], q_times, codes[pos[orig]], db_times, args.bits)
         if segs:
             s = segs[0]
             iq, idb = iou((s.query_start, s.query_end), truth_q), iou((s.db_start, s.db_end), truth_d)

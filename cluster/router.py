@@ -162,11 +162,15 @@ class RequestGate:
         if not hmac.compare_digest(given, self.token_sha256):
             raise RequestError(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
 
-    def check_declared_length(self, headers: Mapping[str, str]) -> None:
-        """413 before reading a body whose ``Content-Length`` is over the limit."""
+    def check_declared_length(self, headers: Mapping[str, str], limit: int | None = None, what: str = "request body",
+                              framing: int = 0) -> None:
+        """413 before reading a body whose ``Content-Length`` is over ``limit`` (default ``max_body_bytes``)
+        plus ``framing`` bytes of envelope (multipart boundaries and headers); ``what`` names the body."""
+        limit = self.max_body_bytes if limit is None else int(limit)
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > limit + framing:
+            about = "about " if framing else ""
+            raise RequestError(413, f"{what} of {about}{declared} bytes exceeds the limit of {limit} bytes")
 
     def parse(self, raw: bytes, model: type[BaseModel]) -> Any:
         """The validated ``model`` of a JSON body: 413 too large, 400 not JSON, 422 invalid (fields named)."""
@@ -470,7 +474,7 @@ class FrameSearch:
                 "frame_index_version": self.version}
 
     async def _segments(self, results: list[dict[str, Any]], frames: np.ndarray, times: np.ndarray | None) -> None:
-        from vhindex.index.align import align_segments, frame_matches
+        from vhindex.index.align import align_codes
 
         hits = [r for r in results if r["score"] > 0]
         if not hits:
@@ -487,14 +491,11 @@ class FrameSearch:
             for vid, item in zip(ids, r, strict=True):
                 if item is not None:
                     found[vid] = (np.asarray(item[0], dtype=np.uint8), np.asarray(item[1], dtype=np.float64))
-        qt = np.arange(frames.shape[0]) + 0.5 if times is None else times
         for r in results:
             r["segments"] = []
             if r["video_id"] in found and r["score"] > 0:
                 codes, dt = found[r["video_id"]]
-                dt = np.where(np.isnan(dt), np.arange(dt.shape[0]) + 0.5, dt)
-                qi, di, sim = frame_matches(frames, codes, self.bits)
-                r["segments"] = [g.as_dict() for g in align_segments(qt, dt, qi, di, sim)]
+                r["segments"] = [g.as_dict() for g in align_codes(frames, times, codes, dt, self.bits)]
 
 
 # ------------------------------------------------------------------------------------ batching

@@ -408,7 +408,7 @@ class VideoEncoderServer:
             return {"status": 422, "error": f"video: cannot sample frames from {name}: {err.reason}{detail}"}
         t1 = time.perf_counter()
         with np.errstate(over="ignore"):
-            feats = self.extractor._forward(sampled.frames).astype(self.extractor.dtype)
+            feats = self.extractor.embed(sampled.frames).astype(self.extractor.dtype)
         if not np.isfinite(feats).all():
             return {"status": 422, "error": f"video: non-finite features from {name} (non_finite)"}
         t2 = time.perf_counter()
@@ -626,16 +626,23 @@ class Router:
         return await asyncio.gather(*[self._call(s, "reconstruct", ids, version=self.version)
                                       for s in range(len(self.shards))], return_exceptions=True)
 
-    async def _call(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
-        """One shard call with the per-shard deadline and retries (a retry lands on another replica)."""
+    async def _call(self, shard: int, method: str, *args: Any, handles: list[Any] | None = None,
+                    timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """One shard call with the per-shard deadline and retries (a retry lands on another replica).
+
+        ``handles``: the deployments to call (default the index shards); ``timeout_s``: the deadline of
+        one attempt (default ``serve.shard_timeout_s``).
+        """
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+        handles = self.shards if handles is None else handles
+        timeout_s = self.settings.shard_timeout_s if timeout_s is None else timeout_s
         attempts = self.settings.retries + 1
         last: BaseException | None = None
         for attempt in range(attempts):
             try:
-                handle = getattr(self.shards[shard], method)
-                return await asyncio.wait_for(handle.remote(*args, **kwargs), timeout=self.settings.shard_timeout_s)
+                handle = getattr(handles[shard], method)
+                return await asyncio.wait_for(handle.remote(*args, **kwargs), timeout=timeout_s)
             except Exception as err:
                 retriable = isinstance(err, (ActorDiedError, ActorUnavailableError, RayActorError, asyncio.TimeoutError))
                 if not retriable and not isinstance(getattr(err, "cause", None), VersionNotLoaded):
@@ -647,20 +654,9 @@ class Router:
         raise last
 
     async def _frame_call(self, shard: int, method: str, *args: Any) -> Any:
-        """One frame-shard call with the per-shard deadline and retries (a retry lands on another replica)."""
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
-        last: BaseException | None = None
-        for attempt in range(self.settings.retries + 1):
-            try:
-                return await asyncio.wait_for(getattr(self.frame_shards[shard], method).remote(*args),
-                                              timeout=max(self.settings.shard_timeout_s, 10.0))
-            except (ActorDiedError, ActorUnavailableError, RayActorError, asyncio.TimeoutError) as err:
-                last = err
-                logger.warning("frame shard %d %s attempt %d failed: %s", shard, method, attempt + 1,
-                               type(err).__name__)
-        assert last is not None
-        raise last
+        """One frame-shard call (:meth:`_call` on the frame shards; at least 10 s: a frame top-N is heavier)."""
+        return await self._call(shard, method, *args, handles=self.frame_shards,
+                                timeout_s=max(self.settings.shard_timeout_s, 10.0))
 
     async def _search_frames(self, req: Any, k: int, t0: float) -> JSONResponse:
         if self.frame_search is None:
@@ -965,9 +961,7 @@ class Router:
 
     async def _read_capped(self, request: Request, limit: int, what: str) -> bytes:
         """The body, refused with 413 as soon as it is known to be over ``limit`` bytes (declared or streamed)."""
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise RequestError(413, f"{what} of {declared} bytes exceeds the limit of {limit} bytes")
+        self.gate.check_declared_length(request.headers, limit, what)
         parts, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -979,9 +973,7 @@ class Router:
     async def _read_multipart(self, request: Request) -> tuple[bytes, str | None, str | None]:
         """Field ``video`` (a file) and optional fields ``k`` and ``level`` of a multipart upload."""
         limit = self.settings.max_video_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit + 64_000:  # + multipart framing
-            raise RequestError(413, f"video of about {declared} bytes exceeds the limit of {limit} bytes")
+        self.gate.check_declared_length(request.headers, limit, "video", framing=64_000)
         try:
             form = await request.form(max_files=1, max_fields=4, max_part_size=64_000)
         except Exception as err:  # noqa: BLE001 -- starlette raises several kinds for bad multipart bodies

@@ -31,7 +31,7 @@ def test_onnx_features_equal_torch_on_real_frames(tmp_path, monkeypatch):
     assert (torch_ex.runtime, onnx_ex.runtime) == ("torch", "onnx")
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1  # exported once into the cache
     frames = np.concatenate([sample_frames(v, 6, size=160).frames for v in videos])
-    a, b = torch_ex._forward(frames), onnx_ex._forward(frames)
+    a, b = torch_ex.embed(frames), onnx_ex.embed(frames)
     assert a.shape == b.shape == (len(frames), 1280)
     assert np.abs(a).max() > 0.1  # real activations, not zeros
     rel = np.abs(a - b).max() / np.abs(a).max()

@@ -177,6 +177,11 @@ class FrameFeatureExtractor:
             out = err
         return out, time.perf_counter() - start
 
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        """The backbone on already sampled frames: ``(B, S, S, 3)`` uint8 at :attr:`image_size` -> ``(B, D)``
+        float32 (the query service decodes its uploads itself and then embeds their frames here)."""
+        return self._forward(frames)
+
     @torch.inference_mode()
     def _forward(self, frames: np.ndarray) -> np.ndarray:
         """``(B, S, S, 3)`` uint8 -> ``(B, D)`` float32 on the host."""

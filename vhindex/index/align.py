@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Segment", "align_segments", "frame_matches"]
+__all__ = ["Segment", "align_codes", "align_segments", "frame_matches"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,3 +189,33 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     order = np.argsort(values)
     v, c = values[order], np.cumsum(weights[order])
     return float(v[np.searchsorted(c, c[-1] / 2)])
+
+
+def align_codes(query_codes: np.ndarray, query_times: np.ndarray | None, db_codes: np.ndarray,
+                db_times: np.ndarray | None, bits: int, **kwargs: Any) -> list[Segment]:
+    """Matched segments of two videos from their packed frame codes (:func:`frame_matches` then
+    :func:`align_segments`). Times that are missing (None or NaN) fall back to frame positions
+    (``i + 0.5``, in frames, not seconds).
+
+    Args:
+        query_codes: ``uint8 (Mq, bits/8)``.
+        query_times: seconds of the query frames, or None.
+        db_codes: ``uint8 (Md, bits/8)``.
+        db_times: seconds of the database frames, or None.
+        bits: code length.
+        **kwargs: passed to :func:`align_segments`.
+    """
+    q = np.asarray(query_codes, dtype=np.uint8)
+    d = np.asarray(db_codes, dtype=np.uint8)
+    qt = _times_or_positions(query_times, q.shape[0])
+    dt = _times_or_positions(db_times, d.shape[0])
+    qi, di, sim = frame_matches(q, d, bits)
+    return align_segments(qt, dt, qi, di, sim, **kwargs)
+
+
+def _times_or_positions(times: np.ndarray | None, n: int) -> np.ndarray:
+    positions = np.arange(n) + 0.5
+    if times is None:
+        return positions
+    t = np.asarray(times, dtype=np.float64)
+    return np.where(np.isnan(t), positions, t)

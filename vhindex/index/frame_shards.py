@@ -52,14 +52,10 @@ def align_with(index: Any, query_codes: np.ndarray, query_times: np.ndarray | No
         video_id: the indexed video.
         **kwargs: passed to ``align_segments``.
     """
-    from vhindex.index.align import align_segments, frame_matches
+    from vhindex.index.align import align_codes
 
     codes, times = index.video_frames(video_id)
-    q = np.asarray(query_codes, dtype=np.uint8)
-    qt = np.arange(q.shape[0]) + 0.5 if query_times is None else np.asarray(query_times, dtype=np.float64)
-    dt = np.where(np.isnan(times), np.arange(times.shape[0]) + 0.5, times)
-    qi, di, sim = frame_matches(q, codes, index.bits)
-    return align_segments(qt, dt, qi, di, sim, **kwargs)
+    return align_codes(query_codes, query_times, codes, times, index.bits, **kwargs)
 
 
 def merge_top_frames(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], top_n: int,
@@ -185,8 +181,9 @@ def split_frame_index(index: FrameLevelIndex, num_shards: int) -> list[FrameLeve
         if b <= a:
             continue
         shard = FrameLevelIndex(index.bits, num_threads=index.num_threads, memory_budget=index.memory_budget)
-        shard.add(ids[a:b], [codes[offsets[i]:offsets[i + 1]] for i in range(a, b)])
-        shard._times = times[offsets[a]:offsets[b]].copy()  # NaN (unknown) kept as is
+        video_times = [times[offsets[i]:offsets[i + 1]] for i in range(a, b)]
+        shard.add(ids[a:b], [codes[offsets[i]:offsets[i + 1]] for i in range(a, b)],
+                  times=[None if np.isnan(t).any() else t for t in video_times])
         shards.append(shard)
     return shards
 

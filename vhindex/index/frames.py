@@ -221,7 +221,7 @@ class FrameLevelIndex:
         return packed
 
     def add(self, video_ids: Sequence[str], frame_codes: np.ndarray | Sequence[np.ndarray],
-            times: Sequence[Sequence[float]] | None = None) -> None:
+            times: Sequence[Sequence[float] | None] | None = None) -> None:
         """Append videos and their frame codes; either all of them are added or none.
 
         Args:
@@ -229,8 +229,9 @@ class FrameLevelIndex:
             frame_codes: a 3-D array ``(B, M, bits/8)`` packed ``uint8`` or ``(B, M, bits)``
                 {-1,+1} (every video has ``M`` frames), or a sequence of ``B`` per-video 2-D arrays
                 ``(M_i, ...)`` in either form (frame counts may differ).
-            times: per video, the seconds of its frames (one per frame code, finite); used by
-                temporal alignment (:mod:`vhindex.index.align`). ``None``: unknown (NaN).
+            times: per video, the seconds of its frames (one per frame code, finite), or None for a video
+                whose times are unknown; used by temporal alignment (:mod:`vhindex.index.align`). ``None``:
+                unknown for every video (NaN).
 
         Raises:
             ValueError: a duplicate id (named), a video with no frames, a wrong code length
@@ -265,6 +266,9 @@ class FrameLevelIndex:
                 raise ValueError(f"got {len(times)} lists of frame times for {len(packed)} videos")
             frame_times = []
             for vid, p, t in zip(ids, packed, times, strict=True):
+                if t is None:  # this video's times are unknown
+                    frame_times.append(np.full(p.shape[0], np.nan))
+                    continue
                 arr = np.asarray(t, dtype=np.float64).reshape(-1)
                 if arr.shape[0] != p.shape[0] or not np.isfinite(arr).all():
                     raise ValueError(f"frame times of video {vid!r}: need {p.shape[0]} finite seconds (one per "

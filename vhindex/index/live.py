@@ -99,15 +99,28 @@ class UpdateLog:
         self._clock = 0
         self._read: dict[str, int] = {}  # writer -> last batch seq read
 
-    def _last_seq(self) -> int:
-        folder = join(self.fs, self.root, self.writer)
+    def _batches(self, writer: str) -> list[tuple[int, str]]:
+        """``(seq, path)`` of a writer's batch objects, in order (temporary files left out)."""
+        folder = join(self.fs, self.root, writer)
         try:
             names = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
-            return 0
-        seqs = [int(os.path.basename(n).split(".")[0]) for n in names if os.path.basename(n).endswith(".json")
-                and os.path.basename(n).split(".")[0].isdigit()]
-        return max(seqs, default=0)
+            return []
+        out = []
+        for path in names:
+            name = os.path.basename(path)
+            stem = name.split(".")[0]
+            if name == f"{stem}.json" and stem.isdigit():
+                out.append((int(stem), join(self.fs, self.root, writer, name)))
+        return sorted(out)
+
+    def _last_seq(self) -> int:
+        return max((seq for seq, _ in self._batches(self.writer)), default=0)
+
+    @property
+    def read_through(self) -> dict[str, int]:
+        """Per writer, the last batch :meth:`read_new` has read."""
+        return dict(self._read)
 
     def _stamp(self) -> Stamp:
         self._clock = max(time.time_ns(), self._clock + 1)
@@ -178,18 +191,15 @@ class UpdateLog:
         for w in writers:
             if not w.isalnum():
                 continue
-            folder = join(self.fs, self.root, w)
-            self.fs.invalidate_cache(folder)
-            names = sorted(os.path.basename(n) for n in self.fs.ls(folder, detail=False))
+            self.fs.invalidate_cache(join(self.fs, self.root, w))
             last = self._read.get(w, 0)
-            for name in names:
-                stem = name.split(".")[0]
-                if not name.endswith(".json") or not stem.isdigit() or int(stem) <= last:
-                    continue  # temporary files, already read
-                with self.fs.open(join(self.fs, self.root, w, name), "rb") as f:
+            for seq, path in self._batches(w):
+                if seq <= last:
+                    continue  # already read
+                with self.fs.open(path, "rb") as f:
                     batch = json.loads(f.read())
                 out.extend(Update.from_json(u) for u in batch["updates"])
-                last = max(last, int(stem))
+                last = seq
             self._read[w] = last
         out.sort(key=lambda u: u.stamp)
         return out
@@ -408,7 +418,7 @@ def compact(index_url: str, log_url: str, out_url: str, *, storage_options: dict
                 state[u.video_id] = u.code
             else:
                 state.pop(u.video_id, None)
-    for w, last in log._read.items():
+    for w, last in log.read_through.items():
         through[w] = max(through.get(w, 0), last)
     ids = sorted(state)
     codes_url = f"{out_url.rstrip('/')}-codes"
