@@ -79,7 +79,9 @@ async def _read_frame(reader: asyncio.StreamReader, max_bytes: int = MAX_FRAME_B
     return header, payload[head_len:]
 
 
-SearchFn = Callable[[np.ndarray, int, "np.ndarray | None", "str | None"], Awaitable[tuple[np.ndarray, np.ndarray, str]]]
+#: ``(packed, k, categories, version, after) -> (distances, ids, version)`` (the shard's ``search``)
+SearchFn = Callable[[np.ndarray, int, "np.ndarray | None", "str | None", "tuple[str, int] | None"],
+                    Awaitable[tuple[np.ndarray, np.ndarray, str]]]
 
 
 class ShardDataServer:
@@ -160,7 +162,9 @@ class ShardDataServer:
                                  f"k={k}, {len(body)} body bytes, {need} expected)")
             packed = np.frombuffer(body, dtype=np.uint8, count=rows * width).reshape(rows, width)
             cats = np.frombuffer(body, dtype=np.int64, offset=rows * width) if has_cats else None
-            dist, ids, version = await self.search_fn(packed, k, cats, header.get("version"))
+            after = header.get("after")
+            dist, ids, version = await self.search_fn(packed, k, cats, header.get("version"),
+                                                      None if after is None else (str(after[0]), int(after[1])))
         except Exception as err:  # noqa: BLE001 -- every failure becomes a typed reply, the connection lives on
             kind = next((name for typ, name in self.error_kinds if isinstance(err, typ)),
                         "bad_request" if isinstance(err, (ValueError, TypeError)) else "error")
@@ -200,8 +204,9 @@ class DataPlaneClient:
         return reader, writer
 
     async def search(self, packed: np.ndarray, k: int, categories: np.ndarray | None, version: str | None,
-                     timeout_s: float) -> tuple[np.ndarray, np.ndarray, str]:
-        """One shard search over this endpoint: ``(distances, video ids, version)``."""
+                     timeout_s: float, after: tuple[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """One shard search over this endpoint: ``(distances, video ids, version)``; ``after``: the update
+        batch the answer must include (the shard's ``search``)."""
         if self.closed:
             raise DataPlaneError(f"{self.host}:{self.port} is closed")
         packed = np.ascontiguousarray(packed, dtype=np.uint8)
@@ -211,7 +216,8 @@ class DataPlaneClient:
         self._next_id += 1
         rid = self._next_id
         frame = _encode({"id": rid, "op": "search", "rows": int(packed.shape[0]), "width": int(packed.shape[1]),
-                         "k": int(k), "version": version, "categories": categories is not None}, body)
+                         "k": int(k), "version": version, "categories": categories is not None,
+                         "after": None if after is None else [str(after[0]), int(after[1])]}, body)
         conn = self._idle.pop() if self._idle else None
         self.inflight += 1
         try:

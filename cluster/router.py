@@ -97,11 +97,19 @@ class VideoUrlRequest(BaseModel):
 
 
 class VideoCode(BaseModel):
-    """One video to add: its id and packed code as hex."""
+    """One video to add: its id and either its packed code as hex or its frame features (M x D, encoded by the
+    service's model)."""
 
     model_config = ConfigDict(extra="forbid")
     video_id: str = Field(min_length=1, max_length=1024)
-    code: str
+    code: str | None = None
+    features: list[list[float]] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "VideoCode":
+        if (self.code is None) == (self.features is None):
+            raise ValueError("give exactly one of 'code' (hex) or 'features' (M x D frame features)")
+        return self
 
 
 class AddVideosRequest(BaseModel):

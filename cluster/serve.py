@@ -58,6 +58,7 @@ from cluster.router import (  # noqa: E402
     DeleteVideosRequest,
     ErrorBody,
     FanOut,
+    Query,
     QueryResolver,
     RequestError,
     RequestGate,
@@ -127,6 +128,7 @@ class IndexShardServer:
         self.updates = updates
         self._log: Any = None
         self._applied: list[Any] = []
+        self._seen: dict[str, int] = {}  # writer -> the last of its batches applied here (pushed or read)
         self._follower: Any = None
         self._stop = None
 
@@ -142,6 +144,10 @@ class IndexShardServer:
     def _apply(self, updates: list[Any]) -> int:
         if not updates:
             return 0
+        for u in updates:
+            _, writer, seq = u.stamp
+            if seq > self._seen.get(writer, 0):
+                self._seen[writer] = seq
         self._applied.extend(updates)
         return max((shard.apply(updates) for shard in self.versions.values()), default=0)
 
@@ -196,6 +202,14 @@ class IndexShardServer:
         if url:
             self._load(url)
 
+    def live_counts(self) -> dict[str, Any]:
+        """Videos this replica serves now (base + updates) and how many came by updates (serve.updates)."""
+        shard = self.versions.get(self.current) if self.current else None
+        if shard is None:
+            return {"count": 0, "delta": 0, "hidden": 0}
+        return {"count": int(shard.count) if hasattr(shard, "count") else len(shard),
+                "delta": int(getattr(shard, "delta_size", 0)), "hidden": len(getattr(shard, "hidden", ()))}
+
     def loaded_versions(self) -> dict[str, Any]:
         """``{"current": v, "versions": [...], "shard_id": i, "pid": pid}`` (control plane)."""
         return {"current": self.current, "versions": sorted(self.versions), "shard_id": self.shard_id,
@@ -207,9 +221,28 @@ class IndexShardServer:
             raise VersionNotLoaded(f"shard {self.shard_id} has no index version {v} loaded (has {sorted(self.versions)})")
         return self.versions[v]
 
+    async def _catch_up(self, after: tuple[str, int]) -> None:
+        """Make sure batch ``after = (writer, seq)`` is applied: read the log now if it is not (a replica that
+        started after the router pushed it). Acknowledged means durable, so the log has it."""
+        writer, seq = str(after[0]), int(after[1])
+        if self._log is None or self._seen.get(writer, 0) >= seq:
+            return
+        try:
+            await asyncio.to_thread(lambda: self._apply(self._log.read_new()))
+        except Exception as err:  # noqa: BLE001 -- storage hiccup: answer with what is applied, say so
+            logger.warning("shard %d: catching up with the update log failed: %s", self.shard_id, err)
+        if self._seen.get(writer, 0) < seq:
+            logger.warning("shard %d: batch %s/%d not in the update log yet", self.shard_id, writer, seq)
+
     async def search(self, packed: np.ndarray, k: int, categories: np.ndarray | None = None,
-                     version: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-        """Top-``k`` of this shard for every query row: ``(distances, video ids, version)``."""
+                     version: str | None = None, after: tuple[str, int] | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Top-``k`` of this shard for every query row: ``(distances, video ids, version)``.
+
+        ``after``: ``(writer, seq)`` of an update batch the answer must include (the router's last acknowledged).
+        """
+        if after is not None:
+            await self._catch_up(after)
         shard = self._get(version)
         kwargs: dict[str, Any] = {}
         if categories is not None:
@@ -242,8 +275,11 @@ class IndexShardServer:
         endpoint = await self._plane.start()
         return {**endpoint, "shard_id": self.shard_id, "pid": os.getpid()}
 
-    async def reconstruct(self, video_ids: list[str], version: str | None = None) -> list[bytes | None]:
-        """Packed codes of the ``video_ids`` this shard holds (``None`` for the others)."""
+    async def reconstruct(self, video_ids: list[str], version: str | None = None,
+                          after: tuple[str, int] | None = None) -> list[bytes | None]:
+        """Packed codes of the ``video_ids`` this shard holds (``None`` for the others); ``after`` as in :meth:`search`."""
+        if after is not None:
+            await self._catch_up(after)
         shard = self._get(version)
         out: list[bytes | None] = []
         for vid in video_ids:
@@ -554,6 +590,10 @@ class Router:
         self.storage_options = settings.storage_options or None
         self.version: str | None = None  # set by the first reconfigure (Serve applies user_config at start)
         self._log: Any = None  # vhindex.index.live.UpdateLog, made by the first update (serve.updates)
+        # (writer, seq) of the last batch this router acknowledged: every shard search carries it, and a replica
+        # that has not applied that batch yet (one started after the batch was pushed) reads the log first --
+        # read-your-writes through this router, whatever replica answers
+        self._written: tuple[str, int] | None = None
         self._index_url: str | None = None
         self.target: str | None = None
         self._swap_task: asyncio.Task | None = None
@@ -623,7 +663,7 @@ class Router:
         return self.gate.parse(await request.body(), model)
 
     async def _reconstruct(self, ids: list[str]) -> list[Any]:
-        return await asyncio.gather(*[self._call(s, "reconstruct", ids, version=self.version)
+        return await asyncio.gather(*[self._call(s, "reconstruct", ids, version=self.version, after=self._written)
                                       for s in range(len(self.shards))], return_exceptions=True)
 
     async def _call(self, shard: int, method: str, *args: Any, handles: list[Any] | None = None,
@@ -686,7 +726,8 @@ class Router:
                 start = self._plane_rr[s] % len(clients)
                 client = min(clients[start:] + clients[:start], key=lambda c: c.inflight)
                 try:
-                    out = await client.search(packed, k, categories, version, self.settings.shard_timeout_s)
+                    out = await client.search(packed, k, categories, version, self.settings.shard_timeout_s,
+                                              after=self._written)
                     self.transport["direct_calls"] += 1
                     return out
                 except RemoteShardError as err:
@@ -701,7 +742,7 @@ class Router:
                                    s, client.host, client.port, err)
                     self._drop_plane_client(s, client)
         self.transport["handle_calls"] += 1
-        return await self._call(s, "search", packed, k, categories, version=version)
+        return await self._call(s, "search", packed, k, categories, version=version, after=self._written)
 
     def _maybe_refresh_plane(self, s: int) -> None:
         now = time.monotonic()
@@ -839,6 +880,8 @@ class Router:
             raise RequestError(503, f"the update log could not be written ({type(err).__name__}); nothing was "
                                     "applied -- retry") from None
         batch = [u.to_json() for u in updates]
+        if updates:
+            self._written = (updates[0].stamp[1], max(self._written[1] if self._written else 0, updates[0].stamp[2]))
         replies = await asyncio.gather(*[h.broadcast("apply_updates", batch).results_async(timeout_s=10.0)
                                          for h in self.shards], return_exceptions=True)
         lagging = [s for s, r in enumerate(replies) if isinstance(r, BaseException)]
@@ -857,11 +900,41 @@ class Router:
         self.gate.check_batch(len(req.videos))
         ops = []
         for i, v in enumerate(req.videos):
+            if v.code is None:
+                continue
             try:
-                ops.append(("add", v.video_id, hex_to_code(v.code, self.bits).tobytes()))
+                ops.append((i, ("add", v.video_id, hex_to_code(v.code, self.bits).tobytes())))
             except ValueError as err:
                 raise RequestError(400, f"videos[{i}].code: {err}") from None
-        return await self._write_updates(ops)
+        with_features = [(i, v) for i, v in enumerate(req.videos) if v.features is not None]
+        if with_features:  # encoded by the service's model, in one call
+            try:
+                packed = await self.resolver.codes([Query(features=v.features) for _, v in with_features], self.bits)
+            except RequestError as err:  # name the entry of this request, not of the resolver's list
+                head, sep, rest = err.message.partition("]")
+                if not (head.startswith("queries[") and sep):
+                    raise
+                raise RequestError(err.status, f"videos[{with_features[int(head[8:])][0]}]{rest}") from None
+            ops += [(i, ("add", v.video_id, code.tobytes())) for (i, v), code in zip(with_features, packed, strict=True)]
+        return await self._write_updates([op for _, op in sorted(ops, key=lambda x: x[0])])
+
+    @app.put("/videos/{video_id}", responses=_error_responses(400, 401, 413, 415, 422, 503), openapi_extra=_VIDEO_BODY)
+    async def upload_video(self, video_id: str, request: Request) -> JSONResponse:
+        """Add (or replace) one video from its bytes (``video/*`` or ``application/octet-stream`` body): decoded
+        and encoded like a video query, then acknowledged once durable."""
+        self.gate.check_auth(request.headers)
+        if not video_id or len(video_id) > 1024:
+            raise RequestError(400, "video_id: 1 to 1024 characters")
+        if self.video_encoder is None:
+            raise RequestError(400, "video uploads need video queries on (serve.video_queries: true with serve.model)")
+        ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if not (ctype.startswith("video/") or ctype == "application/octet-stream"):
+            raise RequestError(415, f"content type {ctype!r}: send the video as video/* or application/octet-stream")
+        payload = await self._read_capped(request, self.settings.max_video_bytes, "video")
+        if not payload:
+            raise RequestError(422, "video: the upload is empty (0 bytes)")
+        enc = await self._encode_upload(payload, "video")
+        return await self._write_updates([("add", video_id, enc["code"])])
 
     @app.post("/videos/delete", responses=_error_responses(400, 401, 413, 422, 503),
               openapi_extra=_json_body(DeleteVideosRequest))
@@ -917,20 +990,7 @@ class Router:
             raise RequestError(400, "level 'frame' video queries need serve.frame_index and serve.frame_model")
         if isinstance(payload, bytes) and not payload:
             raise RequestError(422, "video: the upload is empty (0 bytes)")
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
-        try:
-            enc = await asyncio.wait_for(self.video_encoder.encode_video.remote(payload, level),
-                                         timeout=s.video_timeout_s)
-        except asyncio.TimeoutError:
-            raise RequestError(422, f"video: not decoded and encoded within serve.video_timeout_s = "
-                                    f"{s.video_timeout_s:g} s") from None
-        except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
-            # the replica died under this call (Serve replaces it): the query is safe to send again
-            raise RequestError(503, f"the video encoder replica was lost during the query ({type(err).__name__}); "
-                                    "retry") from None
-        if "error" in enc:
-            raise RequestError(int(enc["status"]), enc["error"])
+        enc = await self._encode_upload(payload, level)
         timing = {"decode_ms": round(enc["decode_ms"], 3), "features_ms": round(enc["features_ms"], 3),
                   "encode_ms": round(enc["encode_ms"], 3)}
         video_info = {"decoded_frames": enc["decoded_frames"], "duration_s": enc["duration_s"],
@@ -958,6 +1018,24 @@ class Router:
                              "video": {"decoded_frames": enc["decoded_frames"], "duration_s": enc["duration_s"],
                                        "truncated": enc["truncated"]},
                              "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
+
+    async def _encode_upload(self, payload: bytes | str, level: str) -> dict[str, Any]:
+        """Decode and encode one video (bytes or an allowed URL) on the video encoder; RequestError on failure."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        timeout_s = self.settings.video_timeout_s
+        try:
+            enc = await asyncio.wait_for(self.video_encoder.encode_video.remote(payload, level), timeout=timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(422, f"video: not decoded and encoded within serve.video_timeout_s = "
+                                    f"{timeout_s:g} s") from None
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as err:
+            # the replica died under this call (Serve replaces it): the request is safe to send again
+            raise RequestError(503, f"the video encoder replica was lost during the call ({type(err).__name__}); "
+                                    "retry") from None
+        if "error" in enc:
+            raise RequestError(int(enc["status"]), enc["error"])
+        return enc
 
     async def _read_capped(self, request: Request, limit: int, what: str) -> bytes:
         """The body, refused with 413 as soon as it is known to be over ``limit`` bytes (declared or streamed)."""
@@ -1010,6 +1088,15 @@ class Router:
         self.gate.check_auth(request.headers)
         info = dict(self.info_cache)
         s = self.settings
+        if s.updates:  # what the index holds now: one replica per shard asked (replicas agree within a poll)
+            replies = await asyncio.gather(*[self._call(i, "live_counts") for i in range(len(self.shards))],
+                                           return_exceptions=True)
+            ok = [r if isinstance(r, dict) else None for r in replies]
+            info["live"] = {"counts": [None if r is None else r["count"] for r in ok],
+                            "added": [None if r is None else r["delta"] for r in ok],
+                            "hidden_base": [None if r is None else r["hidden"] for r in ok],
+                            "total": None if None in ok else sum(r["count"] for r in ok),
+                            "update_log": s.update_log, "last_acknowledged": self._written}
         info.update(serving_version=self.version, pending_version=self.target if self.target != self.version else None,
                     max_k=s.max_k, max_batch=s.max_batch, feature_queries=self.encoder is not None,
                     video_queries=self.video_encoder is not None,

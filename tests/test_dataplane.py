@@ -32,9 +32,11 @@ def _shard(n: int = 500, seed: int = 0):
     index = faiss.IndexBinaryFlat(BITS)
     index.add(codes)
     calls: list[tuple[int, int, object, object]] = []
+    afters: list[object] = []
 
-    async def search(packed, k, categories, version):
+    async def search(packed, k, categories, version, after=None):
         calls.append((packed.shape[0], k, None if categories is None else categories.tolist(), version))
+        afters.append(after)
         if version == "v-missing":
             raise NotLoaded("version v-missing is not loaded here")
         if categories is not None:
@@ -48,6 +50,7 @@ def _shard(n: int = 500, seed: int = 0):
         dist[:, : D.shape[1]] = D
         return dist, out_ids, version or "v1"
 
+    search.afters = afters
     return codes, ids, search, calls
 
 
@@ -84,6 +87,9 @@ def test_direct_search_equals_brute_force_and_reuses_its_connection():
         D, I, _ = await client.search(queries[:2], 600, None, None, timeout_s=5)
         assert I.shape == (2, 600) and all(v is None for v in I[:, 500:].ravel())
         assert sorted(I[0, :500]) == sorted(ids)
+        # the update batch the answer must include (read-your-writes) travels with the search
+        await client.search(queries[:1], 1, None, None, timeout_s=5, after=("rab12", 7))
+        assert search.afters[0] is None and search.afters[-1] == ("rab12", 7)
         client.close()
         server.close()
         assert calls[1] == (1, 3, None, "v7")  # rows, k, categories, version reach the shard as sent

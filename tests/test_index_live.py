@@ -214,3 +214,28 @@ def test_compaction_folds_the_log_and_later_updates_still_apply(tmp_path):
     # a second compaction starts from the first one's record
     again = compact(str(tmp_path / "index-2"), log_url, str(tmp_path / "index-3"))
     assert again["through"]["w"] == 40 and again["videos"] == len(state)
+
+
+def test_a_write_that_failed_after_landing_is_never_overwritten(tmp_path):
+    """An object store can take a batch and lose the reply: the writer reports an error (nothing
+    acknowledged), but the batch is in the log. Its sequence number must not be handed out again -- a
+    reader that already read the batch would skip the next one under the same number."""
+
+    class LostReply(UpdateLog):
+        lose = True
+
+        def _write(self, path: str, data: bytes) -> None:
+            super()._write(path, data)
+            if self.lose:
+                self.lose = False
+                raise OSError("connection reset after the upload")
+
+    log_url = str(tmp_path / "log")
+    writer = LostReply(log_url, writer="w", bits=BITS)
+    reader = UpdateLog(log_url, writer="r", bits=BITS)
+    with pytest.raises(OSError):
+        writer.append([("add", "x", b"\x00\x01"), ("add", "x2", b"\x00\x02")])
+    assert [u.video_id for u in reader.read_new()] == ["x", "x2"]  # unacknowledged, and fully in
+    writer.append([("add", "y", b"\x00\x03")])
+    assert [u.video_id for u in reader.read_new()] == ["y"]
+    assert sorted(u.video_id for u in UpdateLog(log_url, writer="r2", bits=BITS).read_new()) == ["x", "x2", "y"]

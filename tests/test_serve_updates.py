@@ -62,7 +62,7 @@ def test_concurrent_adds_deletes_and_queries_equal_brute_force(ray_serve, tmp_pa
     ids, codes = _base_index(tmp_path, rng, n, row_group_size=100)
     settings = ServeSection.model_validate(dict(
         index=str(tmp_path / "index"), port=ray_serve[0], direct_port=ray_serve[1], shard_cpus=0.1, router_cpus=0.1,
-        app_name="up", route_prefix="/", updates=True, update_poll_s=0.2, max_k=2000))
+        replicas=2, app_name="up", route_prefix="/", updates=True, update_poll_s=0.2, max_k=2000))
     deploy(settings)
     base = wait_healthy(f"http://127.0.0.1:{settings.port}")
     state = {v: c.tobytes() for v, c in zip(ids, codes, strict=True)}
@@ -108,12 +108,29 @@ def test_concurrent_adds_deletes_and_queries_equal_brute_force(ray_serve, tmp_pa
                 if reply.status_code != 200:
                     errors.append(reply.text)
 
+    # one of shard 1's two replicas is killed (SIGKILL) while the clients update and query: the other one
+    # serves meanwhile, pushes to the dead one fail (the batches are durable anyway), and Serve's restarted
+    # replica replays the log -- plus, for a search carrying a batch it has not applied, reads the log first
+    handle = serve.get_deployment_handle("Shard1", "up")
+    victim = handle.broadcast("loaded_versions").results(timeout_s=30)[0]["pid"]
     threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
     for t in threads:
         t.start()
+    time.sleep(3.0)
+    os.kill(victim, signal.SIGKILL)
     for t in threads:
         t.join()
     assert not errors, errors[:5]
+    deadline = time.monotonic() + 90
+    while True:  # until the replacement replica serves beside the survivor
+        try:
+            pids = [r["pid"] for r in handle.broadcast("loaded_versions").results(timeout_s=10)]
+            if len(pids) == 2 and victim not in pids:
+                break
+        except Exception:  # noqa: BLE001 -- restarting
+            pass
+        assert time.monotonic() < deadline, "shard replica did not come back"
+        time.sleep(0.5)
 
     def check_exact() -> None:
         all_ids = sorted(state)
@@ -128,24 +145,20 @@ def test_concurrent_adds_deletes_and_queries_equal_brute_force(ray_serve, tmp_pa
             D = np.array([[h["distance"] for h in r] for r in body["results"]], dtype=np.int32)
             I = np.array([[h["video_id"] for h in r] for r in body["results"]], dtype=object)
             assert_same_knn(D, I, D_ref, I_ref)
-        total = sum(requests.get(base + "/info", timeout=10).json()["counts"])
-        assert total == n  # the base counts (the info of the built index); the live count is the oracle's
+        info = requests.get(base + "/info", timeout=10).json()
+        assert sum(info["counts"]) == n  # the built index's counts
+        assert info["live"]["total"] == len(state) == sum(info["live"]["counts"])  # what is served now
 
-    check_exact()
-    # a shard replica killed: Serve restarts it, it replays the log, answers stay exact
-    handle = serve.get_deployment_handle("Shard1", "up")
-    pid = handle.broadcast("loaded_versions").results(timeout_s=30)[0]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            pids = [r["pid"] for r in handle.broadcast("loaded_versions").results(timeout_s=10)]
-            if pids and pid not in pids and requests.get(base + "/healthz", timeout=5).status_code == 200:
-                break
-        except Exception:  # noqa: BLE001 -- restarting
-            pass
-        assert time.monotonic() < deadline, "shard replica did not come back"
-        time.sleep(0.5)
+    for _ in range(4):  # consecutive requests spread over both replicas of every shard
+        check_exact()
+    # read-your-writes on the replacement replica too: every new id answers at once, whoever serves it
+    for j in range(10):
+        vid, code = f"after-kill-{j}", rng.integers(0, 256, BITS // 8, dtype=np.uint8).tobytes()
+        assert requests.post(base + "/videos", json={"videos": [{"video_id": vid, "code": code.hex()}]},
+                             timeout=30).status_code == 200
+        state[vid] = code
+        got = requests.post(base + "/search", json={"video_id": vid, "k": 1}, timeout=30).json()
+        assert got["results"][0]["distance"] == 0, got
     check_exact()
     # bad update requests
     for body, status, text in [({"videos": [{"video_id": "x", "code": "zz"}]}, 400, "videos[0].code"),
@@ -229,3 +242,156 @@ def test_compaction_swaps_in_under_load_with_exact_answers(ray_serve, tmp_path):
                          timeout=30).status_code == 200
     got = requests.post(base + "/search", json={"video_id": "after", "k": 1}, timeout=30).json()
     assert got["results"][0]["distance"] == 0
+
+
+def _router_pid(app: str) -> int:
+    from ray.util.state import list_actors
+
+    alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+             if a.class_name == f"ServeReplica:{app}:Router"]
+    assert len(alive) == 1, [a.class_name for a in alive]
+    return int(alive[0].pid)
+
+
+def test_storage_faults_and_a_router_killed_after_the_log_write_lose_nothing(ray_serve, s3_server):
+    """The update log on S3 (moto) behind a proxy that fails on command. A refused write is a 503 and fully out;
+    a write whose reply is lost is a 503 and fully in (in the log, so every replica applies it); a router
+    killed after the write but before the reply leaves the batch fully in. Acknowledged updates are never
+    lost (a lost-reply batch's number is not reused), answers equal brute force over what is in."""
+    from urllib.parse import urlparse
+
+    import boto3
+    from serve_helpers import FaultProxy
+
+    from cluster.serve import deploy
+    from vhindex.config import ServeSection
+
+    _clear_apps()
+    rng = np.random.default_rng(3)
+    so_direct = s3_server.storage_options
+    index_url, log_url = s3_server.url("faults", "index"), s3_server.url("faults", "log")
+    codes = rng.integers(0, 256, size=(300, BITS // 8), dtype=np.uint8)
+    ids = [f"b{i:04d}" for i in range(300)]
+    with CodesDatasetWriter(s3_server.url("faults", "codes"), CodesDatasetMeta(bits=BITS, model="itq", model_version="v"),
+                            storage_options=so_direct, row_group_size=50) as w:
+        w.write(ids, codes)
+    build_sharded_index(s3_server.url("faults", "codes"), index_url, 3, spec=IndexSpec("flat", {}), so=so_direct)
+    up = urlparse(s3_server.endpoint_url)
+    proxy = FaultProxy((up.hostname, up.port))
+    # few retries, so that a fault reaches the router in seconds (retrying is the client's part)
+    so = {**so_direct, "client_kwargs": {**so_direct["client_kwargs"], "endpoint_url": proxy.endpoint_url},
+          "config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}, "connect_timeout": 5,
+                            "read_timeout": 60}}
+    deploy(ServeSection.model_validate(dict(
+        index=index_url, storage_options=so, port=ray_serve[0], direct_port=ray_serve[1], shard_cpus=0.1,
+        router_cpus=0.1, app_name="fault", route_prefix="/", updates=True, update_log=log_url, update_poll_s=0.2,
+        max_k=2000)))
+    base = wait_healthy(f"http://127.0.0.1:{ray_serve[0]}")
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def log_objects() -> int:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket, Prefix="faults/log/")
+        return sum(1 for p in pages for o in p.get("Contents", []) if o["Key"].endswith(".json"))
+
+    state = {v: c.tobytes() for v, c in zip(ids, codes, strict=True)}
+    n = [0]
+
+    def batch(tag: str, size: int = 5) -> dict[str, bytes]:
+        n[0] += 1
+        return {f"{tag}{n[0]}-{j}": rng.integers(0, 256, BITS // 8, dtype=np.uint8).tobytes() for j in range(size)}
+
+    def post(videos: dict[str, bytes]) -> requests.Response:
+        return requests.post(base + "/videos", json={"videos": [{"video_id": v, "code": c.hex()}
+                                                                for v, c in videos.items()]}, timeout=120)
+
+    def present(videos: dict[str, bytes]) -> list[bool]:
+        out = []
+        for v in videos:
+            r = requests.post(base + "/search", json={"video_id": v, "k": 1}, timeout=30)
+            out.append(r.status_code == 200 and r.json()["results"][0]["distance"] == 0)
+        return out
+
+    def settled(videos: dict[str, bytes], expect: bool, within_s: float = 1.5) -> None:
+        deadline = time.monotonic() + within_s
+        while True:
+            got = present(videos)
+            assert all(g == got[0] for g in got), f"batch partly applied: {got}"
+            if got[0] == expect:
+                return
+            assert time.monotonic() < deadline, f"batch {sorted(videos)[0]}... never became {expect}"
+            time.sleep(0.1)
+
+    def check_exact() -> None:
+        all_ids = sorted(state)
+        all_codes = np.stack([np.frombuffer(state[v], np.uint8) for v in all_ids])
+        q = np.concatenate([all_codes[rng.integers(0, len(all_ids), 6)],
+                            rng.integers(0, 256, size=(6, BITS // 8), dtype=np.uint8)])
+        D_ref, pos = brute_force_knn(q, all_codes)
+        body = requests.post(base + "/search/batch", json={"queries": [{"code": code_to_hex(x)} for x in q], "k": 30},
+                             timeout=60).json()
+        D = np.array([[h["distance"] for h in r] for r in body["results"]], dtype=np.int32)
+        I = np.array([[h["video_id"] for h in r] for r in body["results"]], dtype=object)
+        assert_same_knn(D, I, D_ref, np.array(all_ids, dtype=object)[pos])
+
+    try:
+        acked = batch("a")
+        assert post(acked).status_code == 200
+        state.update(acked)
+        # 1. the storage refuses: 503, nothing applied, nothing in the log
+        proxy.mode = "refuse"
+        refused = batch("r")
+        reply = post(refused)
+        assert reply.status_code == 503 and "nothing was applied" in reply.json()["error"], reply.text
+        proxy.mode = "pass"
+        time.sleep(0.6)  # three log polls: a refused batch stays out
+        settled(refused, expect=False)
+        # 2. the write lands, its reply is lost: 503 (unacknowledged), and the batch is fully in
+        before = log_objects()
+        proxy.mode = "drop_reply"
+        lost = batch("l")
+        assert post(lost).status_code == 503
+        proxy.mode = "pass"
+        assert log_objects() == before + 1
+        acked2 = batch("a")  # must not take the lost batch's place in the log
+        assert post(acked2).status_code == 200
+        state.update(acked2)
+        settled(acked2, expect=True, within_s=0)  # read-your-writes
+        settled(lost, expect=True)  # followed from the log
+        state.update(lost)
+        check_exact()
+        # 3. the router dies after the write, before the reply: the batch is fully in
+        router = _router_pid("fault")
+        proxy.mode = "hold_reply"
+        orphan = batch("o")
+        outcome: list[object] = []
+        sender = threading.Thread(target=lambda: outcome.append(_status_or_error(post, orphan)))
+        sender.start()
+        before = log_objects()
+        deadline = time.monotonic() + 30
+        while log_objects() == before:  # the PUT reached the store; its reply is held at the proxy
+            assert time.monotonic() < deadline, "the batch never reached the store"
+            time.sleep(0.05)
+        os.kill(router, signal.SIGKILL)
+        sender.join(60)
+        proxy.mode = "pass"
+        assert outcome and outcome[0] != 200, outcome  # never acknowledged
+        wait_healthy(base, timeout_s=90)
+        settled(orphan, expect=True)
+        state.update(orphan)
+        acked3 = batch("a")  # the restarted router writes on
+        assert post(acked3).status_code == 200
+        state.update(acked3)
+        settled(acked3, expect=True, within_s=0)
+        check_exact()
+    finally:
+        proxy.mode = "pass"
+        _clear_apps()
+        proxy.close()
+
+
+def _status_or_error(post, videos):
+    try:
+        return post(videos).status_code
+    except requests.RequestException as err:
+        return type(err).__name__

@@ -458,3 +458,50 @@ def test_frame_level_video_uploads_equal_the_in_process_frame_index(ray_serve, c
     assert r.status_code == 400 and "serve.frame_index" in r.json()["error"]
     r = requests.post(plain + "/search/video?level=scene", data=b"x", headers={"Content-Type": "video/mp4"}, timeout=30)
     assert r.status_code == 400 and "level must be" in r.json()["error"]
+
+
+def test_adds_by_upload_and_by_features_encode_like_the_batch_path(ray_serve, corpus, tmp_path):
+    """PUT /videos/{id} (video bytes) and POST /videos with features: the code stored is the batch path's
+    (extract + encode in process), searchable at once; bad adds are 4xx naming the entry."""
+    from vhindex.index.codes import code_to_hex
+
+    settings = _settings(corpus, ray_serve, updates=True, update_log=str(tmp_path / "log"))
+    base = _deploy(settings)
+    vid = corpus["ids"][0]
+    path = corpus["paths"][vid]
+    expected = corpus["codes"][0]  # the batch path's code of that clip
+    with open(path, "rb") as f:
+        data = f.read()
+    reply = requests.put(base + "/videos/uploaded-1", data=data, headers={"content-type": "video/mp4"}, timeout=120)
+    assert reply.status_code == 200 and reply.json()["acknowledged"] == 1, reply.text
+    feats = corpus["frames"][3]
+    reply = requests.post(base + "/videos", json={"videos": [
+        {"video_id": "coded-1", "code": code_to_hex(corpus["codes"][5])},
+        {"video_id": "featured-1", "features": feats.tolist()}]}, timeout=60)
+    assert reply.status_code == 200 and reply.json()["acknowledged"] == 2, reply.text
+
+    def zero_distance_ids(code: np.ndarray) -> set[str]:
+        body = requests.post(base + "/search", json={"code": code_to_hex(code), "k": 5}, timeout=30).json()
+        return {h["video_id"] for h in body["results"] if h["distance"] == 0}
+
+    assert {"uploaded-1", vid} <= zero_distance_ids(expected)
+    assert {"featured-1", corpus["ids"][3]} <= zero_distance_ids(corpus["codes"][3])
+    assert {"coded-1", corpus["ids"][5]} <= zero_distance_ids(corpus["codes"][5])
+    live = requests.get(base + "/info", timeout=10).json()["live"]
+    assert live["total"] == len(corpus["ids"]) + 3
+    m, d = feats.shape
+    for body, status, text in [
+        ({"videos": [{"video_id": "a", "code": code_to_hex(expected)}, {"video_id": "b", "features": [[0.0] * d]}]},
+         400, "videos[1].features: expected"),
+        ({"videos": [{"video_id": "a", "code": code_to_hex(expected), "features": feats.tolist()}]}, 422, "exactly one"),
+        ({"videos": [{"video_id": "a"}]}, 422, "exactly one"),
+    ]:
+        reply = requests.post(base + "/videos", json=body, timeout=30)
+        assert reply.status_code == status and text in reply.json()["error"], (body, reply.text)
+    assert requests.put(base + "/videos/x", data=b"hello", headers={"content-type": "text/plain"},
+                        timeout=30).status_code == 415
+    assert requests.put(base + "/videos/x", data=b"", headers={"content-type": "video/mp4"}, timeout=30).status_code == 422
+    bad = requests.put(base + "/videos/x", data=b"not a video at all" * 50, headers={"content-type": "video/mp4"},
+                       timeout=60)
+    assert bad.status_code == 422, bad.text
+    assert requests.get(base + "/info", timeout=10).json()["live"]["total"] == len(corpus["ids"]) + 3  # nothing added

@@ -98,6 +98,8 @@ class UpdateLog:
         self._seq = self._last_seq()
         self._clock = 0
         self._read: dict[str, int] = {}  # writer -> last batch seq read
+        # a shard replica reads from its follower thread and, to catch up before a search, from another
+        self._read_lock = threading.Lock()
 
     def _batches(self, writer: str) -> list[tuple[int, str]]:
         """``(seq, path)`` of a writer's batch objects, in order (temporary files left out)."""
@@ -154,11 +156,10 @@ class UpdateLog:
                 updates.append(Update(op, vid, bytes(code) if op == "add" else None, (stamp[0], stamp[1], seq)))
             body = json.dumps({"writer": self.writer, "seq": seq, "updates": [u.to_json() for u in updates]})
             path = join(self.fs, self.root, self.writer, f"{seq:012d}.json")
-            try:
-                self._write(path, body.encode())
-            except BaseException:
-                self._seq -= 1  # not written: the sequence number is free again
-                raise
+            # A failed write never gives its number back: the write may have landed even though it
+            # reported an error (an object store's reply lost on the way back), and reusing the number
+            # would overwrite that batch under readers that already read it. Gaps are harmless.
+            self._write(path, body.encode())
         return updates
 
     def _write(self, path: str, data: bytes) -> None:
@@ -177,11 +178,16 @@ class UpdateLog:
     def mark_read(self, writer: str, seq: int) -> None:
         """Note that batch ``seq`` of ``writer`` arrived another way (pushed by the router), so :meth:`read_new`
         need not read it again -- only when it is the next one: a gap is still read from the log."""
-        if self._read.get(writer, 0) == seq - 1:
-            self._read[writer] = seq
+        with self._read_lock:
+            if self._read.get(writer, 0) == seq - 1:
+                self._read[writer] = seq
 
     def read_new(self) -> list[Update]:
         """Every update of batches not read before by this object (all writers), in stamp order."""
+        with self._read_lock:
+            return self._read_new()
+
+    def _read_new(self) -> list[Update]:
         try:
             writers = [os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
         except FileNotFoundError:
