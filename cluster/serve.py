@@ -314,6 +314,8 @@ class FrameShardServer:
         self.first_frame = int(sum(x["frames"] for x in shards[:shard_id]))
         self.index = FrameLevelIndex.load(f"{index_url.rstrip('/')}/{shards[shard_id]['name']}", storage_options,
                                           num_threads=faiss_threads)
+        self.index.prepare()  # large shards: multi-index hash tables built (and compiled) before serving
+        self.index.frame_videos  # noqa: B018 -- the frame -> video map, cached now rather than in a query
         self.version = str(manifest["index_version"])
 
     async def top_frames(self, frames: np.ndarray, top_n: int, exclude: np.ndarray) -> tuple[np.ndarray, ...]:

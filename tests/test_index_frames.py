@@ -74,11 +74,13 @@ def assert_matches_oracle(got: tuple[list[str], np.ndarray], ranked: list[str], 
 # ------------------------------------------------------------------ against the oracle
 
 
-@pytest.mark.parametrize("bits,seed", [(8, 0), (8, 1), (16, 2), (16, 3)])
-def test_search_matches_oracle_with_many_ties(bits, seed):
+@pytest.mark.parametrize("bits,seed,method", [(8, 0, "auto"), (8, 1, "auto"), (16, 2, "auto"), (16, 3, "auto"),
+                                             (16, 2, "mih"), (16, 3, "mih")])
+def test_search_matches_oracle_with_many_ties(bits, seed, method):
     rng = np.random.default_rng(seed)
     gallery, pool = tie_heavy_gallery(rng, bits, n_videos=14)
-    index = build(gallery, bits)
+    index = build(gallery, bits, method=method)
+    assert index.uses_mih == (method == "mih")
     total = index.ntotal_frames
     queries = [pool[rng.integers(0, len(pool), int(rng.integers(1, 5)))] for _ in range(3)]
     queries += [gallery[i][1] for i in (0, 5, 13)]  # also gallery videos, to leave them out

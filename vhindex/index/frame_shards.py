@@ -140,7 +140,7 @@ def shard_top_frames(shard: FrameLevelIndex, first_video: int, first_frame: int,
     exclude = np.asarray(exclude, dtype=np.int64)
     local = np.where((exclude >= v0) & (exclude < v0 + shard.num_videos), exclude - v0, -1)
     dist, idx = shard.top_frames(frames, top_n, local)
-    frame_video = np.repeat(np.arange(shard.num_videos, dtype=np.int64), shard.frame_counts)
+    frame_video = shard.frame_videos  # cached by the shard (rebuilding it per query costs ~50 ms at 17.5 M frames)
     ok = idx >= 0
     gframe = np.where(ok, idx + f0, -1)
     gvideo = np.where(ok, frame_video[np.maximum(idx, 0)] + v0, -1)

@@ -70,6 +70,10 @@ MANIFEST_FILE = "_manifest.json"
 # int64 sums -- rounded up. stable_topk_hamming bounds its distance matrix separately.
 _BYTES_PER_SLOT = 40
 _BYTES_PER_VIDEO = 12
+#: gallery frames from which method="auto" finds the top-N by multi-index hashing (below, brute force is as
+#: fast: benchmarks/bench_frame_scale.py)
+MIH_MIN_FRAMES = 1_000_000
+
 # Working-set budget handed to stable_topk_hamming. Its chunks are processed with several passes
 # over candidate arrays, which run ~2x faster when they stay cache-sized: 300 x 25 query frames
 # against 8,000 gallery frames, top-N 1000, took 1.04 s with a 256 MiB budget and 0.44 s with 8 MiB.
@@ -117,13 +121,22 @@ class FrameLevelIndex:
         (['a', 'b'], [1.0, 0.5])
     """
 
-    def __init__(self, bits: int, *, num_threads: int | None = None, memory_budget: int | None = None):
+    def __init__(self, bits: int, *, num_threads: int | None = None, memory_budget: int | None = None,
+                 method: str = "auto"):
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits <= 0 or bits % 8:
             raise ValueError(f"bits must be a positive multiple of 8, got {bits!r}")
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads <= 0):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        if method not in ("auto", "brute", "mih"):
+            raise ValueError(f"method must be 'auto', 'brute' or 'mih', got {method!r}")
+        if method == "mih" and bits % 16:
+            raise ValueError(f"method 'mih' needs a code length that is a multiple of 16, got {bits}")
         self.bits = int(bits)
         self.num_threads = num_threads
+        # how the top-N frames are found: brute force, or multi-index hashing (vhindex.index.mih: exact, the
+        # same stable order, sub-linear) -- "auto" uses it from MIH_MIN_FRAMES frames on
+        self.method = method
+        self._mih: Any = None  # built on first use, dropped by add()
         if memory_budget is None:
             memory_budget = _topk().DEFAULT_MEMORY_BUDGET
         self.memory_budget = _check_positive_int(memory_budget, "memory_budget")
@@ -189,6 +202,11 @@ class FrameLevelIndex:
     def offsets(self) -> np.ndarray:
         """Frame offsets ``int64 (num_videos + 1,)``: video ``i`` owns ``codes[offsets[i]:offsets[i+1]]``."""
         return self._offsets.copy()
+
+    @property
+    def frame_videos(self) -> np.ndarray:
+        """Gallery position of every frame's video, ``int64 (ntotal_frames,)`` (cached)."""
+        return self._frame_videos()
 
     def _frame_videos(self) -> np.ndarray:
         if self._frame_video is None:
@@ -282,6 +300,7 @@ class FrameLevelIndex:
         self._time_parts.extend(frame_times)
         self._offsets = np.concatenate([self._offsets, self._offsets[-1] + np.cumsum(counts)])
         self._frame_video = None
+        self._mih = None
 
     # ---------------------------------------------------------------- search
 
@@ -374,9 +393,7 @@ class FrameLevelIndex:
         stacked = np.concatenate(qcodes, axis=0)
         row_query = np.repeat(np.arange(nchunk, dtype=np.int64), qf)  # local query of each frame row
         with faiss_threads(self.num_threads):
-            dist, idx = _topk().stable_topk_hamming(
-                stacked, codes, k_req, memory_budget=min(self.memory_budget, _TOPK_MEMORY_BUDGET)
-            )
+            dist, idx = self._stable_topk(stacked, k_req)
         valid = idx >= 0  # k_req <= ntotal, so no padding; kept for safety
         vid = frame_video[np.maximum(idx, 0)]
         row_excl = excl[row_query]
@@ -401,6 +418,32 @@ class FrameLevelIndex:
         for j in range(nchunk):
             videos = np.flatnonzero(sums[j])
             yield first + j, videos, sums[j, videos], int(qf[j]), int(excl[j])
+
+    @property
+    def uses_mih(self) -> bool:
+        """Whether searches find the top-N frames by multi-index hashing (``method``, gallery size)."""
+        if self.method == "brute" or self.bits % 16:
+            return False
+        return self.method == "mih" or self.ntotal_frames >= MIH_MIN_FRAMES
+
+    def prepare(self) -> None:
+        """Build the multi-index hash tables (and compile their kernel) now rather than in the first search."""
+        if self.uses_mih:
+            self._mih_tables().warmup()
+
+    def _mih_tables(self) -> Any:
+        if self._mih is None:
+            from vhindex.index.mih import MultiIndexHash
+
+            self._mih = MultiIndexHash(self.codes, num_threads=self.num_threads)
+        return self._mih
+
+    def _stable_topk(self, frames: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``k`` gallery frames of each query frame in the stable ``(distance, index)`` order."""
+        if self.uses_mih:
+            return self._mih_tables().search(frames, k)
+        return _topk().stable_topk_hamming(frames, self.codes, k,
+                                           memory_budget=min(self.memory_budget, _TOPK_MEMORY_BUDGET))
 
     def top_frames(
         self, frames: np.ndarray, top_n: int, exclude: np.ndarray | None = None
@@ -441,9 +484,7 @@ class FrameLevelIndex:
         for start in range(0, nf, rows):
             stop = min(nf, start + rows)
             with faiss_threads(self.num_threads):
-                dist, idx = _topk().stable_topk_hamming(
-                    frames[start:stop], self.codes, k_req,
-                    memory_budget=min(self.memory_budget, _TOPK_MEMORY_BUDGET))
+                dist, idx = self._stable_topk(frames[start:stop], k_req)
             keep = idx >= 0
             row_excl = excl[start:stop]
             if (row_excl >= 0).any():
@@ -566,7 +607,8 @@ class FrameLevelIndex:
 
     @classmethod
     def load(
-        cls, url: str, storage_options: dict[str, Any] | None = None, *, num_threads: int | None = None
+        cls, url: str, storage_options: dict[str, Any] | None = None, *, num_threads: int | None = None,
+        method: str = "auto",
     ) -> FrameLevelIndex:
         """Load and verify an index folder written by :meth:`save`.
 
@@ -585,7 +627,7 @@ class FrameLevelIndex:
         check_manifest_header(manifest, url, FORMAT_FRAME_LEVEL, FORMAT_VERSION)
         blobs = read_verified_files(fs, root, url, manifest, (CODES_FILE, IDS_FILE))
         bits = int(manifest["bits"])
-        self = cls(bits, num_threads=num_threads)
+        self = cls(bits, num_threads=num_threads, method=method)
         with np.load(io.BytesIO(blobs[CODES_FILE]), allow_pickle=False) as npz:
             codes, offsets = npz["codes"], npz["offsets"]
             # indexes saved before frame times existed have none: unknown

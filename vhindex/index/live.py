@@ -240,6 +240,7 @@ class LiveShard:
         self._hidden_mask = np.zeros(len(base), dtype=bool)  # the same, by base position
         self._delta = faiss.IndexBinaryFlat(self.bits)
         self._delta_ids: list[str] = []  # delta position -> id
+        self._delta_ids_array: np.ndarray | None = None  # the same as an object array (rebuilt after adds, not per search)
         self._delta_pos: dict[str, int] = {}  # live delta id -> position
         self._dead = np.zeros(0, dtype=bool)  # delta position superseded or deleted
         self._n_dead = 0
@@ -297,6 +298,7 @@ class LiveShard:
             # positions were handed out in order above; the faiss index takes the codes in the same order
             added = np.ascontiguousarray(np.stack(new_codes))
             self._delta.add(added)
+            self._delta_ids_array = None
             self._grow_dead()
         return changed
 
@@ -349,7 +351,9 @@ class LiveShard:
             kd = min(k + self._n_dead, self._delta.ntotal)
             d, pos = self._delta.search(q, kd)
             bad = (pos < 0) | self._dead[np.maximum(pos, 0)]
-            ids = np.array(self._delta_ids, dtype=object)[np.maximum(pos, 0)]
+            if self._delta_ids_array is None:
+                self._delta_ids_array = np.array(self._delta_ids, dtype=object)
+            ids = self._delta_ids_array[np.maximum(pos, 0)]
             ids[bad] = None
             parts_d.append(np.where(bad, pad, d).astype(np.int32))
             parts_i.append(ids)
