@@ -1,3 +1,4 @@
+# ruff: noqa: E741  (D, I: faiss naming of distances / ids)
 """Multi-index hashing (vhindex.index.mih) against brute force: the same stable (distance, index) top-k.
 
 Oracle: :func:`vhindex.eval.topk.stable_topk_hamming` (itself tested against ``np.argsort(kind="stable")``).
