@@ -466,11 +466,10 @@ class FrameSearch:
         for p in positions:
             by_shard.setdefault(self._shard_of(p), []).append(p)
         names: dict[int, str] = {}
-        for s, plist in by_shard.items():
-            if s in missing:
-                continue
-            for p, vid in zip(plist, await self.call(s, "ids_at", plist), strict=True):
-                names[p] = vid
+        asked = [(s, plist) for s, plist in by_shard.items() if s not in missing]
+        replies = await asyncio.gather(*[self.call(s, "ids_at", plist) for s, plist in asked])  # in parallel
+        for (_, plist), got in zip(asked, replies, strict=True):
+            names.update(zip(plist, got, strict=True))
         results = []
         denom = float(self.bits * frames.shape[0])
         for p, sc in zip(positions, scores, strict=True):

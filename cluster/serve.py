@@ -567,7 +567,7 @@ class Router:
     """
 
     def __init__(self, shards: list[Any], encoder: Any, settings: Any, token_sha256: str | None = None,
-                 video_encoder: Any = None, frame_shards: list[Any] | None = None) -> None:
+                 video_encoder: Any = None, frame_shards: list[Any] | None = None, compactor: Any = None) -> None:
         from ray.serve._private import constants as serve_constants
 
         if serve_constants.RAY_SERVE_USE_GRPC_BY_DEFAULT:
@@ -581,6 +581,7 @@ class Router:
         # by reference (Ray's object store), not gRPC: an upload can be tens of MB
         self.video_encoder = video_encoder
         self.frame_shards = list(frame_shards or [])
+        self.compactor = compactor  # automatic compaction (serve.compact_after), or None
         self.frame_search = None
         if self.frame_shards:
             from cluster.router import FrameSearch
@@ -1099,6 +1100,11 @@ class Router:
                             "hidden_base": [None if r is None else r["hidden"] for r in ok],
                             "total": None if None in ok else sum(r["count"] for r in ok),
                             "update_log": s.update_log, "last_acknowledged": self._written}
+            if self.compactor is not None:
+                try:
+                    info["live"]["compaction"] = await asyncio.wait_for(self.compactor.status.remote(), timeout=5.0)
+                except Exception as err:  # noqa: BLE001 -- the compactor restarting: say so, serve the rest
+                    info["live"]["compaction"] = {"error": f"{type(err).__name__}: {err}"}
         info.update(serving_version=self.version, pending_version=self.target if self.target != self.version else None,
                     max_k=s.max_k, max_batch=s.max_batch, feature_queries=self.encoder is not None,
                     video_queries=self.video_encoder is not None,
@@ -1220,7 +1226,20 @@ def build_app(args: dict[str, Any]) -> Any:
                                             user_config=user_config, max_ongoing_requests=256,
                                             logging_config=logging_config),
                            len(shards), settings.model, router_settings.model_dump(mode="json"), token_sha256)
-    return router_dep.bind(shards, encoder, router_settings, token_sha256, video_encoder, frame_shards)
+    compactor = None
+    if settings.compact_after:
+        if not updates:
+            raise ValueError("serve.compact_after needs serve.updates: true (it compacts the update log)")
+        from cluster.compactor import Compactor
+
+        # the log explicit, as in the compactor's own redeploys: the same arguments, so a swap never restarts it
+        compactor_settings = settings.model_copy(update={"update_log": updates["log"]}).model_dump(
+            mode="json", exclude={"index"})
+        compactor = versioned(serve.deployment(Compactor, name="Compactor", num_replicas=1,
+                                               ray_actor_options={"num_cpus": 0.05}, user_config=user_config,
+                                               logging_config=logging_config),
+                              compactor_settings, updates["log"]).bind(compactor_settings, updates["log"])
+    return router_dep.bind(shards, encoder, router_settings, token_sha256, video_encoder, frame_shards, compactor)
 
 
 #: router replicas of the fast path take ports in [direct_port, direct_port + DIRECT_PORT_SPAN)

@@ -395,3 +395,90 @@ def _status_or_error(post, videos):
         return post(videos).status_code
     except requests.RequestException as err:
         return type(err).__name__
+
+
+def test_automatic_compaction_swaps_under_load_and_truncates_the_log(ray_serve, tmp_path):
+    """serve.compact_after: the compactor folds the log into a new base and hot-swaps it in by itself -- every
+    answer during the swap equals brute force, the version switches once per compaction; after the second
+    compaction the batches folded into the first are gone from the log, and updates keep working."""
+    from cluster.serve import deploy
+    from vhindex.config import ServeSection
+
+    _clear_apps()
+    rng = np.random.default_rng(4)
+    ids, codes = _base_index(tmp_path, rng, 400, row_group_size=40)
+    log_dir = tmp_path / "log"
+    deploy(ServeSection.model_validate(dict(
+        index=str(tmp_path / "index"), port=ray_serve[0], direct_port=ray_serve[1], shard_cpus=0.1, router_cpus=0.1,
+        app_name="auto", route_prefix="/", updates=True, update_log=str(log_dir), update_poll_s=0.2, max_k=2000,
+        compact_after=30, compact_check_s=0.5)))
+    base = wait_healthy(f"http://127.0.0.1:{ray_serve[0]}")
+    state = {v: c.tobytes() for v, c in zip(ids, codes, strict=True)}
+    r = random.Random(5)
+
+    def write(n: int, tag: str) -> None:
+        for j in range(n):
+            if r.random() < 0.7:
+                vid, code = (f"{tag}{j}" if r.random() < 0.7 else r.choice(sorted(state))), r.randbytes(BITS // 8)
+                assert requests.post(base + "/videos", json={"videos": [{"video_id": vid, "code": code.hex()}]},
+                                     timeout=30).status_code == 200
+                state[vid] = code
+            else:
+                vid = r.choice(sorted(state))
+                assert requests.delete(base + f"/videos/{vid}", timeout=30).status_code == 200
+                state.pop(vid)
+
+    def batches() -> int:
+        return sum(1 for p in log_dir.rglob("*.json"))
+
+    def run_until_swapped(expected_compactions: int) -> list[str]:
+        all_ids = sorted(state)
+        all_codes = np.stack([np.frombuffer(state[v], np.uint8) for v in all_ids])
+        q = np.concatenate([all_codes[rng.integers(0, len(all_ids), 6)],
+                            rng.integers(0, 256, size=(6, BITS // 8), dtype=np.uint8)])
+        D_ref, pos = brute_force_knn(q, all_codes)
+        I_ref = np.array(all_ids, dtype=object)[pos]
+        versions: list[str] = []
+        deadline = time.monotonic() + 120
+        s = requests.Session()
+        settle = None
+        while settle is None or time.monotonic() < settle:
+            body = s.post(base + "/search/batch", json={"queries": [{"code": code_to_hex(x)} for x in q], "k": 20},
+                          timeout=60).json()
+            versions.append(body["index_version"])
+            D = np.array([[h["distance"] for h in row] for row in body["results"]], dtype=np.int32)
+            I = np.array([[h["video_id"] for h in row] for row in body["results"]], dtype=object)
+            assert_same_knn(D, I, D_ref, I_ref)
+            if settle is None:
+                done = requests.get(base + "/info", timeout=10).json()["live"]["compaction"]["compactions"]
+                if len(done) >= expected_compactions and versions[-1] == done[-1]["index_version"]:
+                    settle = time.monotonic() + 1.0
+            assert time.monotonic() < deadline, ("no automatic compaction was served",
+                                                 requests.get(base + "/info", timeout=10).json()["live"]["compaction"],
+                                                 versions[-3:])
+        return versions
+
+    write(30, "a")
+    v1 = run_until_swapped(1)
+    # never back and forth: the old version, then (once every replica holds it) the compacted one
+    assert sum(1 for a, b in zip(v1, v1[1:], strict=False) if a != b) <= 1
+    info = requests.get(base + "/info", timeout=10).json()
+    first = info["live"]["compaction"]["compactions"][0]
+    assert first["folded_updates"] == 30 and first["to"].startswith(str(tmp_path / "index") + ".compacted/")
+    assert info["serving_version"] == first["index_version"] and info["live"]["total"] == len(state)
+    before = batches()
+    assert before == 30  # one batch per request; the first compaction removes none (the hand-built base has none)
+    write(30, "b")
+    v2 = run_until_swapped(2)
+    assert sum(1 for a, b in zip(v2, v2[1:], strict=False) if a != b) <= 1
+    info = requests.get(base + "/info", timeout=10).json()
+    done = info["live"]["compaction"]["compactions"]
+    assert len(done) == 2 and done[1]["folded_updates"] == 30, info["live"]["compaction"]
+    # the 30 batches folded into the first compacted base are gone, the next 30 stay
+    assert done[1]["truncated_batches"] == 30 and batches() == 30, (done, batches())
+    # updates after two swaps and a truncated log still apply, and read your writes
+    assert requests.post(base + "/videos", json={"videos": [{"video_id": "late", "code": "00" * (BITS // 8)}]},
+                         timeout=30).status_code == 200
+    got = requests.post(base + "/search", json={"video_id": "late", "k": 1}, timeout=30).json()
+    assert got["results"][0]["distance"] == 0
+    _clear_apps()

@@ -474,6 +474,13 @@ class ServeSection(_Section):
     update_log: str | None = Field(None, description="URL of the update log (default: <index>/_updates).")
     update_poll_s: float = Field(0.25, gt=0.0, description="How often shard replicas read new batches of the log "
                                                            "(updates from another router are visible within it).")
+    compact_after: int | None = Field(None, gt=0, description="Automatic compaction: once this many updates are in "
+                                                              "the log and not in the served base, fold them into a "
+                                                              "new base and hot-swap it in (None: only `vhindex index "
+                                                              "compact`).")
+    compact_check_s: float = Field(10.0, gt=0.0, description="How often the compactor counts the unfolded updates.")
+    compact_dir: str | None = Field(None, description="Where automatic compaction writes new bases (default: "
+                                                      "<first index>.compacted/).")
     frame_index: str | None = Field(None, description="URL of a sharded frame-level index (`vhindex index frames`): "
                                                       "enables `level: frame` queries (UTS Algorithm 1 + matched "
                                                       "segments), one deployment per frame shard.")

@@ -141,27 +141,7 @@ def align_segments(query_times: Sequence[float], db_times: Sequence[float], quer
     while len(segments) < max_segments and alive.sum() >= min_matches:
         a = np.flatnonzero(alive)
         tq, td, ww = qt[qi[a]], dt[di[a]], w[a]
-        best = None
-        for s in speeds:
-            tol = tolerance_s if tolerance_s is not None else max(d_step, s * q_step)
-            off = td - s * tq
-            for shift in (0.0, 0.5):  # two grids staggered by half a bin: no line is split by a bin edge
-                bins = np.floor(off / (2 * tol) + shift).astype(np.int64)
-                # each query frame votes once per bin, with its best similarity there
-                key = (bins - bins.min()) * (qi.max() + 1) + qi[a]
-                order = np.lexsort((-ww, key))
-                first = np.ones(order.size, dtype=bool)
-                first[1:] = key[order][1:] != key[order][:-1]
-                sel = order[first]
-                votes = np.bincount(bins[sel] - bins.min(), weights=ww[sel])
-                b = int(np.argmax(votes))
-                near = bins - bins.min() == b
-                span = float(td[near].max() - td[near].min()) if near.any() else 0.0
-                # more votes first; then the speed nearest 1; then the longer database span
-                score = (round(float(votes[b]), 9), -abs(float(np.log(s))), span)
-                if best is None or score > best[0]:
-                    best = (score, s, tol, off, near)
-        _, s, tol, off, near = best
+        s, tol, off, near = _best_line(speeds, tq, td, ww, qi[a], q_step, d_step, tolerance_s)
         centre = _weighted_median(off[near], ww[near])
         inlier = np.abs(off - centre) <= tol
         # one match per query frame: its most similar inlier
@@ -183,6 +163,46 @@ def align_segments(query_times: Sequence[float], db_times: Sequence[float], quer
         alive[a[inlier]] = False  # every match on the line, not only the ones kept
     segments.sort(key=lambda g: -g.score)
     return segments
+
+
+def _best_line(speeds: np.ndarray, tq: np.ndarray, td: np.ndarray, ww: np.ndarray, qf: np.ndarray, q_step: float,
+               d_step: float, tolerance_s: float | None) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The Hough vote of :func:`align_segments`, every (speed, grid shift) at once.
+
+    For each speed ``s`` (tolerance ``tol``) and each of two grids staggered by half a bin, the offsets
+    ``td - s * tq`` fall in bins of width ``2 tol``; each query frame votes once per bin, with its best
+    similarity there. The winner has the most votes, then the speed nearest 1, then the longer database
+    span, then comes first in (speed, shift) order. Returns ``(speed, tol, offsets, matches in the bin)``.
+    """
+    n = tq.size
+    tols = (np.full(speeds.size, float(tolerance_s)) if tolerance_s is not None
+            else np.maximum(d_step, speeds * q_step))
+    off = td[None, :] - speeds[:, None] * tq[None, :]  # (S, n)
+    shifts = np.array([0.0, 0.5])
+    bins = np.floor(off[:, None, :] / (2 * tols)[:, None, None] + shifts[None, :, None]).astype(np.int64)
+    bins = bins.reshape(-1, n)  # (S * 2, n): combo c = speed * 2 + shift
+    rel = bins - bins.min(axis=1, keepdims=True)
+    width = int(rel.max()) + 1
+    combos = rel.shape[0]
+    group = np.arange(combos)[:, None] * width + rel  # (combo, bin), unique over all combos
+    q_span = int(qf.max()) + 1 if n else 1
+    key = (group * q_span + qf[None, :]).ravel()
+    w_all = np.broadcast_to(ww, (combos, n)).ravel()
+    order = np.lexsort((-w_all, key))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    sel = order[first]  # each query frame once per (combo, bin), its best similarity
+    votes = np.bincount(group.ravel()[sel], weights=w_all[sel], minlength=combos * width).reshape(combos, width)
+    best_bin = np.argmax(votes, axis=1)
+    best_votes = np.round(votes[np.arange(combos), best_bin], 9)
+    near = rel == best_bin[:, None]  # (combo, n)
+    td_b = np.broadcast_to(td, (combos, n))
+    span = np.where(near.any(axis=1),
+                    np.where(near, td_b, -np.inf).max(axis=1) - np.where(near, td_b, np.inf).min(axis=1), 0.0)
+    closeness = -np.abs(np.log(np.repeat(speeds, 2)))
+    pick = np.lexsort((-np.arange(combos), span, closeness, best_votes))[-1]
+    si = pick // 2
+    return float(speeds[si]), float(tols[si]), off[si], near[pick]
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

@@ -40,7 +40,8 @@ import numpy as np
 
 from vhindex.fs import is_local, join, url_to_fs
 
-__all__ = ["COMPACTION_FILE", "LiveShard", "Update", "UpdateLog", "compact", "read_compaction", "shard_of"]
+__all__ = ["COMPACTION_FILE", "LiveShard", "Update", "UpdateLog", "compact", "read_compaction", "shard_of",
+           "truncate_log"]
 
 #: what a compacted index records about the updates it folded in (written before its top manifest)
 COMPACTION_FILE = "_compaction.json"
@@ -370,6 +371,24 @@ class LiveShard:
         out_i[:, :n] = ids[rows, order]
         out_i[out_d == pad] = None
         return out_d, out_i
+
+
+def truncate_log(log_url: str, through: dict[str, int], storage_options: dict[str, Any] | None = None) -> int:
+    """Delete the log batches a compacted base folded in (``through``: last batch per writer); how many.
+
+    Only for batches no replica can need any more: those of a base older than the one being served (the
+    automatic compactor keeps one generation). Readers are unaffected -- they skip folded batches anyway.
+    """
+    log = UpdateLog(log_url, storage_options, writer="truncator", bits=8)
+    removed = 0
+    for writer, last in through.items():
+        if not writer.isalnum():
+            continue
+        doomed = [path for seq, path in log._batches(writer) if seq <= int(last)]
+        if doomed:
+            log.fs.rm(doomed)
+            removed += len(doomed)
+    return removed
 
 
 def read_compaction(index_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
