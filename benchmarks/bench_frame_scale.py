@@ -110,7 +110,7 @@ def serve_and_measure(codes: np.ndarray, qs: list[np.ndarray], answers: dict[int
         base = service_url(settings)
         session = requests.Session()
         for segments in (False, True):
-            lat, same = [], 0
+            lat, same, parts = [], 0, []
             for i, q in enumerate(qs):
                 body = {"frame_codes": [code_to_hex(c) for c in q], "level": "frame", "k": 10, "segments": segments}
                 t1 = time.perf_counter()
@@ -118,12 +118,13 @@ def serve_and_measure(codes: np.ndarray, qs: list[np.ndarray], answers: dict[int
                 lat.append(1000 * (time.perf_counter() - t1))
                 r.raise_for_status()
                 got = r.json()["results"]
+                parts.append(r.json()["frame_timing"])
                 ref_ids, ref_scores = answers[i]
                 same += int([h["video_id"] for h in got] == list(ref_ids)
                             and [h["score"] for h in got] == [float(x) for x in ref_scores])
             key = "segments" if segments else "plain"
             out[key] = {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "same": same,
-                        "queries": len(qs)}
+                        "queries": len(qs), "parts": {k: float(np.median([p[k] for p in parts])) for k in parts[0]}}
             print(key, out[key], flush=True)
     finally:
         from ray import serve
@@ -236,12 +237,15 @@ def main() -> None:
                   f"N = {served['top_n']}, local Ray + Serve on the same machine; index written in "
                   f"{served['write_s']:.0f} s, deployed in {served['deploy_s']:.0f} s): `POST /search` with "
                   f"`level: frame`, 25 `frame_codes`, k = 10, over HTTP.", "",
-                  "| answer | p50 ms | p99 ms | rankings and scores equal to in process |",
-                  "| --- | ---: | ---: | ---: |"]
+                  "| answer | p50 ms | p99 ms | rankings and scores equal to in process | router's breakdown, medians "
+                  "(ms): shards' top-N / merge + rank / ids / segments |",
+                  "| --- | ---: | ---: | ---: | --- |"]
         for key, what in (("plain", "videos and scores (`segments: false`)"),
                           ("segments", "with the matched segments")):
             r = served[key]
-            lines.append(f"| {what} | {r['p50']:.1f} | {r['p99']:.1f} | {r['same']}/{r['queries']} |")
+            b = r["parts"]
+            lines.append(f"| {what} | {r['p50']:.1f} | {r['p99']:.1f} | {r['same']}/{r['queries']} | "
+                         f"{b['top_frames_ms']:.1f} / {b['rank_ms']:.1f} / {b['ids_ms']:.1f} / {b['segments_ms']:.1f} |")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

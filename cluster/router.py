@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
@@ -441,9 +442,11 @@ class FrameSearch:
         """The answer of one frame-level query (results with ``score`` and ``segments``)."""
         from vhindex.index.frame_shards import aggregate_matches, fill_positions, merge_top_frames, rank_frame_scores
 
+        t0 = time.perf_counter()
         row_excl = np.full(frames.shape[0], exclude, dtype=np.int64)
         replies = await asyncio.gather(*[self.call(s, "top_frames", frames, top_n, row_excl)
                                          for s in range(self.num_shards)], return_exceptions=True)
+        t1 = time.perf_counter()
         parts, missing = [], []
         for s, r in enumerate(replies):
             if isinstance(r, BaseException):
@@ -453,7 +456,7 @@ class FrameSearch:
                 parts.append(r)
         if not parts:
             raise RequestError(503, f"no frame shard answered (shards {missing}); retry later")
-        dist, video = merge_top_frames(parts, top_n, self.ntotal_frames)
+        dist, video = merge_top_frames(parts, top_n)
         (videos, sums), = aggregate_matches(dist, video, np.array([frames.shape[0]]), self.bits)
         pos, top = rank_frame_scores(videos, sums, k)
         positions = [int(p) for p in pos]
@@ -465,6 +468,7 @@ class FrameSearch:
         by_shard: dict[int, list[int]] = {}
         for p in positions:
             by_shard.setdefault(self._shard_of(p), []).append(p)
+        t2 = time.perf_counter()
         names: dict[int, str] = {}
         asked = [(s, plist) for s, plist in by_shard.items() if s not in missing]
         replies = await asyncio.gather(*[self.call(s, "ids_at", plist) for s, plist in asked])  # in parallel
@@ -475,22 +479,27 @@ class FrameSearch:
         for p, sc in zip(positions, scores, strict=True):
             if p in names:
                 results.append({"video_id": names[p], "score": sc / denom})
-        if segments:
-            await self._segments(results, frames, times)
+        t3 = time.perf_counter()
+        fetch_ms = await self._segments(results, frames, times) if segments else 0.0
+        timing = {"top_frames_ms": 1000 * (t1 - t0), "rank_ms": 1000 * (t2 - t1), "ids_ms": 1000 * (t3 - t2),
+                  "segments_ms": 1000 * (time.perf_counter() - t3), "segments_fetch_ms": fetch_ms}
         return {"results": results, "partial": bool(missing), "missing_shards": missing,
-                "frame_index_version": self.version}
+                "frame_index_version": self.version, "frame_timing": {k: round(v, 3) for k, v in timing.items()}}
 
-    async def _segments(self, results: list[dict[str, Any]], frames: np.ndarray, times: np.ndarray | None) -> None:
+    async def _segments(self, results: list[dict[str, Any]], frames: np.ndarray, times: np.ndarray | None) -> float:
+        """Add each result's ``segments``; the milliseconds spent fetching the results' frames from the shards."""
         from vhindex.index.align import align_codes
 
         hits = [r for r in results if r["score"] > 0]
         if not hits:
             for r in results:
                 r["segments"] = []
-            return
+            return 0.0
         ids = [r["video_id"] for r in hits]
+        t0 = time.perf_counter()
         replies = await asyncio.gather(*[self.call(s, "video_frames", ids) for s in range(self.num_shards)],
                                        return_exceptions=True)
+        fetch_ms = 1000 * (time.perf_counter() - t0)
         found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for r in replies:
             if isinstance(r, BaseException):
@@ -503,6 +512,7 @@ class FrameSearch:
             if r["video_id"] in found and r["score"] > 0:
                 codes, dt = found[r["video_id"]]
                 r["segments"] = [g.as_dict() for g in align_codes(frames, times, codes, dt, self.bits)]
+        return fetch_ms
 
 
 # ------------------------------------------------------------------------------------ batching

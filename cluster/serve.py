@@ -319,11 +319,10 @@ class FrameShardServer:
         self.version = str(manifest["index_version"])
 
     async def top_frames(self, frames: np.ndarray, top_n: int, exclude: np.ndarray) -> tuple[np.ndarray, ...]:
-        """``(distances, global frame indices, global video positions)`` per query frame."""
+        """``(distances, global video positions)`` per query frame (:func:`~vhindex.index.frame_shards.shard_top_frames`)."""
         from vhindex.index.frame_shards import shard_top_frames
 
-        return await asyncio.to_thread(shard_top_frames, self.index, self.first_video, self.first_frame, frames,
-                                       top_n, exclude)
+        return await asyncio.to_thread(shard_top_frames, self.index, self.first_video, frames, top_n, exclude)
 
     async def video_frames(self, video_ids: list[str]) -> list[Any]:
         """Per id: ``(frame codes, frame times, global position)`` when this shard holds it, else None."""

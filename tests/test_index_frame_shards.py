@@ -74,11 +74,13 @@ def test_uneven_hand_made_shards_and_the_merge_key():
     sharded = ShardedFrameIndex(parts)
     for top_n in range(1, 14):
         assert sharded.search_batch([code], 6, top_n=top_n)[0][0] == single.search_batch([code], 6, top_n=top_n)[0][0]
-    # the merge keeps the first top_n by (distance, global frame), empty slots last
-    d = (np.array([[1, 2]]), np.array([[5, -1]]), np.array([[2, -1]]))
-    e = (np.array([[1, 1]]), np.array([[3, 4]]), np.array([[1, 1]]))
-    dist, video = merge_top_frames([d, e], 3, 10)
-    assert dist.tolist() == [[1, 1, 1]] and video.tolist() == [[1, 1, 2]]
+    # the merge keeps the first top_n by (distance, shard, place in the shard's list), empty slots last
+    d = (np.array([[1, 2, 0]]), np.array([[1, 1, -1]]))  # shard 0: videos 0-1
+    e = (np.array([[1, 1]]), np.array([[2, 3]]))  # shard 1: videos 2-3
+    dist, video = merge_top_frames([d, e], 3)
+    assert dist.tolist() == [[1, 1, 1]] and video.tolist() == [[1, 2, 3]]
+    dist, video = merge_top_frames([d, e], 9)
+    assert dist.tolist()[0][:4] == [1, 1, 1, 2] and video.tolist() == [[1, 2, 3, 1, -1]]
     with pytest.raises(ValueError, match="in shards 0 and 1"):
         ShardedFrameIndex([parts[0], parts[0]])
 

@@ -8,7 +8,9 @@ video's global position is its shard's first video plus its position there. Algo
 1. **Per shard** (:meth:`FrameLevelIndex.top_frames`): the first ``N`` frames of each query frame in
    the shard's stable ``(distance, frame index)`` order, an excluded video left out.
 2. **Merge** (:func:`merge_top_frames`): per query frame, the first ``N`` of the union in the global
-   ``(distance, global frame index)`` order.
+   ``(distance, global frame index)`` order -- which is ``(distance, shard, place in the shard's list)``:
+   shards are contiguous runs of frames and each list is in frame order within a distance, so the shards
+   send only distances and video positions (6 bytes a slot), no frame indices.
 3. **Aggregate** (:func:`aggregate_matches`): per query frame each video counts once, with its best
    (largest ``bits - distance``) frame in the merged list; per query the sum, in exact integers.
 
@@ -57,31 +59,29 @@ def align_with(index: Any, query_codes: np.ndarray, query_times: np.ndarray | No
     return align_codes(query_codes, query_times, codes, times, index.bits, **kwargs)
 
 
-def merge_top_frames(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], top_n: int,
-                     ntotal_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def merge_top_frames(parts: Sequence[tuple[np.ndarray, np.ndarray]], top_n: int) -> tuple[np.ndarray, np.ndarray]:
     """The global top-``top_n`` per query frame from the shards' lists.
 
     Args:
-        parts: per shard ``(distances int32 (F, n_s), global frame indices int64 (F, n_s), global video
-            positions int64 (F, n_s))``; empty slots have frame index ``-1``.
+        parts: per shard, **in shard order**, ``(distances (F, n_s), global video positions (F, n_s))`` of
+            its list (:func:`shard_top_frames`: stable ``(distance, frame)`` order); empty slots have video ``-1``.
         top_n: frames kept per query frame.
-        ntotal_frames: frames in the whole gallery (bounds the sort key).
 
     Returns:
-        ``(distances (F, n), global video positions (F, n))`` in the global stable order, ``n <= top_n``;
-        empty slots have video ``-1``.
+        ``(distances int32 (F, n), global video positions int64 (F, n))`` in the global stable order,
+        ``n <= top_n``; empty slots have video ``-1``.
     """
+    width = max(p[0].shape[1] for p in parts)
     dist = np.concatenate([p[0] for p in parts], axis=1).astype(np.int64)
-    frame = np.concatenate([p[1] for p in parts], axis=1)
-    video = np.concatenate([p[2] for p in parts], axis=1)
-    span = np.int64(ntotal_frames + 1)
-    # one int64 key per slot: (distance, global frame index); empty slots sort last
-    key = np.where(frame >= 0, dist * span + frame, np.iinfo(np.int64).max)
+    video = np.concatenate([p[1] for p in parts], axis=1).astype(np.int64)
+    # (distance, shard, place): the global (distance, frame) order of contiguous shards; empty slots last
+    place = np.concatenate([s * width + np.arange(p[0].shape[1]) for s, p in enumerate(parts)])
+    span = np.int64(len(parts) * width)
+    key = np.where(video >= 0, dist * span + place[None, :], np.iinfo(np.int64).max)
     n = min(top_n, key.shape[1])
     order = np.argsort(key, axis=1, kind="stable")[:, :n]
     rows = np.arange(key.shape[0])[:, None]
-    out_v = np.where(frame[rows, order] >= 0, video[rows, order], -1)
-    return dist[rows, order].astype(np.int32), out_v
+    return dist[rows, order].astype(np.int32), video[rows, order]
 
 
 def aggregate_matches(dist: np.ndarray, video: np.ndarray, qf: np.ndarray,
@@ -123,27 +123,28 @@ def aggregate_matches(dist: np.ndarray, video: np.ndarray, qf: np.ndarray,
     return out
 
 
-def shard_top_frames(shard: FrameLevelIndex, first_video: int, first_frame: int, frames: np.ndarray, top_n: int,
-                     exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One shard's step: ``(distances, global frame indices, global video positions)`` per query frame.
+def shard_top_frames(shard: FrameLevelIndex, first_video: int, frames: np.ndarray, top_n: int,
+                     exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's step: ``(distances uint16 (F, n), global video positions (F, n), -1 for an empty slot)``
+    per query frame, in the shard's stable ``(distance, frame)`` order -- small on the wire (int32 positions
+    when they fit).
 
     Args:
         shard: the shard's gallery.
         first_video: global position of its first video.
-        first_frame: global index of its first frame.
         frames: packed query frame codes ``(F, bits/8)``.
         top_n: frames per query frame.
         exclude: ``int64 (F,)`` global video positions to leave out (``-1``: none); only this shard's apply.
     """
-    v0, f0 = int(first_video), int(first_frame)
+    v0 = int(first_video)
     exclude = np.asarray(exclude, dtype=np.int64)
     local = np.where((exclude >= v0) & (exclude < v0 + shard.num_videos), exclude - v0, -1)
     dist, idx = shard.top_frames(frames, top_n, local)
     frame_video = shard.frame_videos  # cached by the shard (rebuilding it per query costs ~50 ms at 17.5 M frames)
     ok = idx >= 0
-    gframe = np.where(ok, idx + f0, -1)
     gvideo = np.where(ok, frame_video[np.maximum(idx, 0)] + v0, -1)
-    return dist, gframe, gvideo
+    positions = np.int32 if v0 + shard.num_videos < 2**31 else np.int64
+    return np.where(ok, dist, 0).astype(np.uint16), gvideo.astype(positions)
 
 
 def rank_frame_scores(videos: np.ndarray, sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -227,8 +228,7 @@ class ShardedFrameIndex:
     def shard_top_frames(self, s: int, frames: np.ndarray, top_n: int,
                          exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Shard ``s``'s step (:func:`shard_top_frames`)."""
-        return shard_top_frames(self.shards[s], int(self.video_offsets[s]), int(self.frame_offsets[s]), frames,
-                                top_n, exclude)
+        return shard_top_frames(self.shards[s], int(self.video_offsets[s]), frames, top_n, exclude)
 
     def video_frames(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """One video's ``(packed frame codes, frame times)`` (see :meth:`FrameLevelIndex.video_frames`)."""
@@ -257,7 +257,7 @@ class ShardedFrameIndex:
         frames = np.concatenate(qcodes)
         row_excl = np.repeat(excl_pos, qf)
         parts = [self.shard_top_frames(s, frames, top_n, row_excl) for s in range(len(self.shards))]
-        dist, video = merge_top_frames(parts, top_n, int(self.frame_offsets[-1]))
+        dist, video = merge_top_frames(parts, top_n)
         results = []
         for q, (videos, sums) in enumerate(aggregate_matches(dist, video, qf, self.bits)):
             results.append(self._rank(videos, sums, int(qf[q]), int(excl_pos[q]), k))

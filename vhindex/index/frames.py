@@ -485,8 +485,11 @@ class FrameLevelIndex:
             stop = min(nf, start + rows)
             with faiss_threads(self.num_threads):
                 dist, idx = self._stable_topk(frames[start:stop], k_req)
-            keep = idx >= 0
             row_excl = excl[start:stop]
+            if k_req == n and not (row_excl >= 0).any():  # nothing to leave out: the lists are the answer
+                out_d[start:stop], out_i[start:stop] = dist[:, :n], idx[:, :n]
+                continue
+            keep = idx >= 0
             if (row_excl >= 0).any():
                 keep &= frame_video[np.maximum(idx, 0)] != row_excl[:, None]
             keep &= np.cumsum(keep, axis=1, dtype=np.int32) <= n
