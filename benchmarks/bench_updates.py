@@ -146,12 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     build_sharded_index(str(work / "codes"), str(work / "index"), 4, spec=IndexSpec("flat", {}))
 
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    from moto.server import ThreadedMotoServer
+    import subprocess
 
     s3_port = free_ports(1)[0]
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
-    moto.start()
+    # moto's server in its own process: inside this one it would share the GIL with the client being timed
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import boto3
+    import requests
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            requests.get(f"http://127.0.0.1:{s3_port}", timeout=2)
+            break
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
     boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_port}", region_name="us-east-1").create_bucket(Bucket="log")
     s3_options = {"key": "bench", "secret": "bench", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{s3_port}",
@@ -176,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             import ray
 
             ray.shutdown()
-        moto.stop()
+        moto.terminate()
+        moto.wait(30)
     lines = [f"# Online inserts while serving ({dt.date.today().isoformat()})", "",
              f"`.venv/bin/python benchmarks/bench_updates.py --writers {args.writers} --batch {args.batch} --seconds "
              f"{args.seconds:g} --rate {args.rate:g}`", "",

@@ -229,6 +229,8 @@ class IndexShardServer:
             return
         try:
             await asyncio.to_thread(lambda: self._apply(self._log.read_new()))
+            if self._seen.get(writer, 0) < seq:  # behind a gap of failed writes: list the folders
+                await asyncio.to_thread(lambda: self._apply(self._log.read_new(full=True)))
         except Exception as err:  # noqa: BLE001 -- storage hiccup: answer with what is applied, say so
             logger.warning("shard %d: catching up with the update log failed: %s", self.shard_id, err)
         if self._seen.get(writer, 0) < seq:

@@ -239,3 +239,43 @@ def test_a_write_that_failed_after_landing_is_never_overwritten(tmp_path):
     writer.append([("add", "y", b"\x00\x03")])
     assert [u.video_id for u in reader.read_new()] == ["y"]
     assert sorted(u.video_id for u in UpdateLog(log_url, writer="r2", bits=BITS).read_new()) == ["x", "x2", "y"]
+
+
+def test_followers_read_the_next_batches_past_gaps_of_failed_writes(tmp_path):
+    """A follower finds a known writer's new batches by reading the next numbers (not by listing the whole log):
+    past a gap of one failed write at once, past longer gaps at its next listing (or when asked for one)."""
+
+    class Refusing(UpdateLog):
+        refuse = 0
+
+        def _write(self, path: str, data: bytes) -> None:
+            if self.refuse:
+                self.refuse -= 1
+                raise OSError("the store refused the write")
+            super()._write(path, data)
+
+    log_url = str(tmp_path / "log")
+    writer = Refusing(log_url, writer="w", bits=BITS)
+    reader = UpdateLog(log_url, writer="r", bits=BITS, list_every=1000)
+    writer.append([("add", "a", b"\x00\x01")])
+    assert [u.video_id for u in reader.read_new()] == ["a"]
+    writer.refuse = 1
+    with pytest.raises(OSError):
+        writer.append([("add", "lost", b"\x00\x02")])
+    writer.append([("add", "b", b"\x00\x03")])  # number 3: one number missing
+    assert [u.video_id for u in reader.read_new()] == ["b"]
+    writer.refuse = 2
+    for _ in range(2):
+        with pytest.raises(OSError):
+            writer.append([("add", "lost", b"\x00\x02")])
+    writer.append([("add", "c", b"\x00\x04")])  # number 6: two numbers missing
+    assert reader.read_new() == []  # not found by reading the next two numbers...
+    assert [u.video_id for u in reader.read_new(full=True)] == ["c"]  # ...but by listing
+    every = UpdateLog(log_url, writer="r2", bits=BITS, list_every=2)
+    assert [u.video_id for u in every.read_new()] == ["a", "b", "c"]
+    writer.refuse = 2
+    for _ in range(2):
+        with pytest.raises(OSError):
+            writer.append([("add", "lost", b"\x00\x02")])
+    writer.append([("add", "d", b"\x00\x05")])
+    assert [u.video_id for u in every.read_new()] == ["d"]  # the second read lists

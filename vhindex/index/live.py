@@ -88,7 +88,7 @@ class UpdateLog:
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, writer: str | None = None,
-                 bits: int) -> None:
+                 bits: int, list_every: int = 20) -> None:
         self.url = url.rstrip("/")
         self.fs, self.root = url_to_fs(self.url, storage_options)
         self.writer = writer or uuid.uuid4().hex[:12]
@@ -99,6 +99,11 @@ class UpdateLog:
         self._seq = self._last_seq()
         self._clock = 0
         self._read: dict[str, int] = {}  # writer -> last batch seq read
+        # a known writer's new batches are found by reading the next numbers (two small reads a poll, whatever
+        # the size of the log); every `list_every` reads its folder is listed instead, which finds batches after
+        # a gap of two or more numbers (writes that failed)
+        self.list_every = max(1, int(list_every))
+        self._reads = 0
         # a shard replica reads from its follower thread and, to catch up before a search, from another
         self._read_lock = threading.Lock()
 
@@ -183,31 +188,55 @@ class UpdateLog:
             if self._read.get(writer, 0) == seq - 1:
                 self._read[writer] = seq
 
-    def read_new(self) -> list[Update]:
-        """Every update of batches not read before by this object (all writers), in stamp order."""
-        with self._read_lock:
-            return self._read_new()
+    def read_new(self, *, full: bool = False) -> list[Update]:
+        """Every update of batches not read before by this object (all writers), in stamp order.
 
-    def _read_new(self) -> list[Update]:
+        ``full``: list every writer's folder now (finds batches behind any gap) instead of reading the next
+        numbers of the writers already known (the cheap way; a listing happens every ``list_every`` calls).
+        """
+        with self._read_lock:
+            self._reads += 1
+            return self._read_new(full or self._reads % self.list_every == 0)
+
+    def _next_batches(self, writer: str, last: int) -> list[tuple[int, bytes]]:
+        """Batches ``last + 1, last + 2, ...`` of a writer by reading them, past gaps of one number."""
+        out: list[tuple[int, bytes]] = []
+        seq, misses = last + 1, 0
+        while misses < 2:
+            try:
+                data = self.fs.cat_file(join(self.fs, self.root, writer, f"{seq:012d}.json"))
+            except FileNotFoundError:
+                misses += 1
+            else:
+                out.append((seq, data))
+                misses = 0
+            seq += 1
+        return out
+
+    def _read_new(self, full: bool) -> list[Update]:
+        self.fs.invalidate_cache(self.root)
         try:
             writers = [os.path.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
         except FileNotFoundError:
             return []
-        self.fs.invalidate_cache(self.root)
         out: list[Update] = []
         for w in writers:
             if not w.isalnum():
                 continue
-            self.fs.invalidate_cache(join(self.fs, self.root, w))
-            last = self._read.get(w, 0)
-            for seq, path in self._batches(w):
-                if seq <= last:
-                    continue  # already read
-                with self.fs.open(path, "rb") as f:
-                    batch = json.loads(f.read())
-                out.extend(Update.from_json(u) for u in batch["updates"])
+            last = self._read.get(w)
+            if last is None or full:  # a writer not seen before, or the periodic listing
+                self.fs.invalidate_cache(join(self.fs, self.root, w))
+                found = []
+                for seq, path in self._batches(w):
+                    if seq > (last or 0):
+                        with self.fs.open(path, "rb") as f:
+                            found.append((seq, f.read()))
+            else:
+                found = self._next_batches(w, last)
+            for seq, data in found:
+                out.extend(Update.from_json(u) for u in json.loads(data)["updates"])
                 last = seq
-            self._read[w] = last
+            self._read[w] = last or 0
         out.sort(key=lambda u: u.stamp)
         return out
 
