@@ -6,8 +6,9 @@ log, like a shard replica) and counts the updates the serving base has not folde
 
 1. folds the log into a new base (:func:`vhindex.index.live.compact`) under ``serve.compact_dir``
    (default ``<first index>.compacted/``), as ``vhindex index compact`` would;
-2. swaps it in with the ordinary hot swap -- :func:`cluster.serve.deploy` with ``serve.index`` set to the
-   new base and the same explicit update log, so only ``user_config`` changes: shard replicas load the new
+2. swaps it in with the ordinary hot swap -- the application run again (``serve.run``, as
+   :func:`cluster.serve.deploy` does) with ``serve.index`` set to the new base and the same explicit update
+   log, so only ``user_config`` changes: shard replicas load the new
    version beside the old one, the router switches once every replica holds it, and no answer is lost
    or duplicated (tests/test_serve_updates.py);
 3. once the new version is served, removes what nothing can need any more: log batches folded into the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("vhindex.compactor")
@@ -36,13 +38,16 @@ class Compactor:
         settings: the application's ``ServeSection`` fields (``index`` left out: it comes in
             ``user_config`` like the shards', so a swap reconfigures this replica instead of restarting it).
         log_url: the update log.
+        build_app: the application builder (:func:`cluster.serve.build_app`, passed in rather than imported:
+            cluster.serve builds this deployment).
     """
 
-    def __init__(self, settings: dict[str, Any], log_url: str) -> None:
+    def __init__(self, settings: dict[str, Any], log_url: str, build_app: Callable[[dict[str, Any]], Any]) -> None:
         from vhindex.config import ServeSection
 
         self.settings = ServeSection.model_validate({**settings, "index": None})
         self.log_url = log_url
+        self.build_app = build_app
         self.so = self.settings.storage_options or None
         self.index: str | None = None
         self.first_index: str | None = None
@@ -109,7 +114,6 @@ class Compactor:
     def _compact_and_swap(self) -> dict[str, Any]:
         from ray import serve
 
-        from cluster.serve import build_app
         from vhindex.fs import join, url_to_fs, write_json_atomic
         from vhindex.index.live import COMPACTION_FILE, compact, read_compaction
 
@@ -129,7 +133,7 @@ class Compactor:
                           {**record, "first": self.first_index, "history": [*self.compactions, entry]})
         # the hot swap: what `deploy` does, minus its client-side checks (they need an event loop of their own)
         new_settings = self.settings.model_copy(update={"index": out, "update_log": self.log_url})
-        serve.run(build_app(new_settings.model_dump(mode="json")), name=new_settings.app_name,
+        serve.run(self.build_app(new_settings.model_dump(mode="json")), name=new_settings.app_name,
                   route_prefix=new_settings.route_prefix, blocking=False)
         entry["swap_s"] = round(time.perf_counter() - t0 - compact_s, 3)
         logger.info("compacted %d updates into %s (%d videos) and swapped it in", result["folded_updates"], out,

@@ -816,7 +816,7 @@ class Router:
         """How Ray Serve runs in this replica's process (control plane: checked by :func:`deploy`)."""
         from ray.serve._private import constants as c
 
-        return {"direct_ingress": bool(c.RAY_SERVE_ENABLE_DIRECT_INGRESS),
+        return {"pid": os.getpid(), "direct_ingress": bool(c.RAY_SERVE_ENABLE_DIRECT_INGRESS),
                 "grpc_handles": bool(c.RAY_SERVE_USE_GRPC_BY_DEFAULT),
                 "user_code_on_replica_loop": not c.RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD}
 
@@ -1239,7 +1239,7 @@ def build_app(args: dict[str, Any]) -> Any:
         compactor = versioned(serve.deployment(Compactor, name="Compactor", num_replicas=1,
                                                ray_actor_options={"num_cpus": 0.05}, user_config=user_config,
                                                logging_config=logging_config),
-                              compactor_settings, updates["log"]).bind(compactor_settings, updates["log"])
+                              compactor_settings, updates["log"]).bind(compactor_settings, updates["log"], build_app)
     return router_dep.bind(shards, encoder, router_settings, token_sha256, video_encoder, frame_shards, compactor)
 
 

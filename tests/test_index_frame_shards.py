@@ -114,7 +114,7 @@ def test_frame_times_survive_save_split_and_give_segments(tmp_path):
         sharded.video_frames("zz")
 
 
-def test_build_from_frame_features_and_a_frame_model(tmp_path, memory_url):
+def test_build_from_frame_features_and_a_frame_model(tmp_path, memory_url, capsys):
     from vhindex.data import FrameDataset, FrameDatasetMeta, FrameDatasetWriter
     from vhindex.index.frame_shards import build_sharded_frame_index, load_sharded_frame_index
     from vhindex.models import build_model, load_model
@@ -148,6 +148,17 @@ def test_build_from_frame_features_and_a_frame_model(tmp_path, memory_url):
         for (gi, gs), (wi, ws) in zip(got, want, strict=True):
             assert gi == wi and gs.tobytes() == ws.tobytes()
         assert sharded.search_batch([codes[0]], 2, exclude=["v00"])[0][0][0] == "v30"  # its near copy
+    # the command line: `vhindex build-index --level frame` builds the same index as `vhindex index frames`
+    from vhindex.app.cli import main as cli_main
+
+    assert cli_main(["build-index", "--level", "frame", "--frames", str(tmp_path / "frames"), "--model",
+                     str(tmp_path / "frame-model"), "--out", str(tmp_path / "cli-fidx"), "--shards", "4"]) == 0
+    by_cli = load_sharded_frame_index(str(tmp_path / "cli-fidx"))
+    got = by_cli.search_batch(queries, 8, top_n=20, exclude=["v00", None, "v33"])
+    for (gi, gs), (wi, ws) in zip(got, want, strict=True):
+        assert gi == wi and gs.tobytes() == ws.tobytes()
+    assert cli_main(["build-index", "--level", "frame", "--codes", "x", "--out", str(tmp_path / "y")]) == 2
+    assert "needs --frames, --model and --out" in capsys.readouterr().err
     with pytest.raises(ValueError, match="single frames"):
         video_model = build_model("itq", 16)
         video_model.fit(lambda: iter([feats]), seed=0)

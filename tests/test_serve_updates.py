@@ -246,12 +246,9 @@ def test_compaction_swaps_in_under_load_with_exact_answers(ray_serve, tmp_path):
 
 
 def _router_pid(app: str) -> int:
-    from ray.util.state import list_actors
+    from ray import serve
 
-    alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
-             if a.class_name == f"ServeReplica:{app}:Router"]
-    assert len(alive) == 1, [a.class_name for a in alive]
-    return int(alive[0].pid)
+    return int(serve.get_deployment_handle("Router", app).runtime_mode.remote().result(timeout_s=30)["pid"])
 
 
 def test_storage_faults_and_a_router_killed_after_the_log_write_lose_nothing(ray_serve, s3_server):

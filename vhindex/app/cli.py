@@ -150,9 +150,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_index_sharded(args: argparse.Namespace) -> int:
-    """``vhindex index sharded`` (alias ``build-index``): codes -> the sharded serving index."""
+    """``vhindex index sharded`` (alias ``build-index``): codes -> the sharded serving index;
+    ``build-index --level frame``: ``vhindex index frames``."""
     from vhindex.index.sharded import IndexSpec, build_sharded_index
 
+    if getattr(args, "level", "video") == "frame":
+        missing = [f"--{k}" for k in ("frames", "model", "out") if not getattr(args, k, None)]
+        if missing or args.codes:
+            raise ConfigError("command line", [("build-index --level frame",
+                                                f"needs --frames, --model and --out, not --codes (missing: {missing})")])
+        args.shards = args.shards or 1
+        return cmd_index_frames(args)
     flags = {"codes": "codes", "out": "out", "shards": "num_shards", "type": "type"}
     cfg = load_config(args.config, [*args.overrides, *_pipeline_overrides(args, "index", flags)])
     ix = cfg.index
@@ -502,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--shards", type=int, help="number of balanced shards")
         c.add_argument("--type", choices=["flat", "hnsw", "ivf", "multihash", "gpu_flat"])
         c.add_argument("--storage-options", help="fsspec options as JSON")
+        if name == "build-index":
+            c.add_argument("--level", choices=["video", "frame"], default="video",
+                           help="frame: a frame-level index from --frames and --model (`vhindex index frames`)")
+            c.add_argument("--frames", help="--level frame: frame-feature dataset URL")
+            c.add_argument("--model", help="--level frame: frame model URL (fitted with M = 1)")
+            c.add_argument("--overwrite", action="store_true", help="--level frame: replace an index at --out")
         _add_config_args(c)
         c.set_defaults(func=cmd_index_sharded)
 
