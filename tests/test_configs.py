@@ -7,7 +7,8 @@ import pytest
 from vhindex.config import Config, ConfigError, apply_overrides, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-ALL_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "serve" not in p.parts)
+# configs/serve/ holds Serve configs (tests/test_serve.py) and configs/deploy/ deployment specs (tests/test_deploy.py)
+ALL_CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not {"serve", "deploy"} & set(p.parts))
 
 
 def test_there_are_configs():

@@ -398,7 +398,7 @@ def test_every_returned_url_answers_and_every_socket_is_on_loopback(ray_serve, c
 def test_serve_config_file_is_valid_for_serve_and_vhindex():
     import yaml
 
-    from vhindex.app.cli import serve_settings
+    from vhindex.config import serve_settings
 
     path = Path(__file__).resolve().parents[1] / "configs" / "serve" / "local.yaml"
     doc = yaml.safe_load(path.read_text())

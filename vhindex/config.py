@@ -769,3 +769,25 @@ def load_job_config(argv: Sequence[str] | None, *, default_config: str, descript
         raise SystemExit(2) from None
     logging.getLogger(f"jobs.{job}").info("resolved config:\n%s", cfg.to_yaml())
     return cfg
+
+
+def serve_settings(path: str, overrides: Sequence[str] = (), **flags: Any) -> Any:
+    """The :class:`~vhindex.config.ServeSection` of a Serve config file (first application's ``args`` +
+    ``http_options``), with ``key=value`` overrides and non-None ``flags`` applied."""
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f) or {}
+    apps = doc.get("applications") or []
+    if not apps:
+        raise ConfigError(path, [("applications", "missing: a Serve config lists its applications")])
+    data = dict(apps[0].get("args") or {})
+    http = doc.get("http_options") or {}
+    data.setdefault("host", http.get("host", "127.0.0.1"))
+    data.setdefault("port", http.get("port", 8000))
+    data.setdefault("app_name", apps[0].get("name", "vhindex"))
+    data.setdefault("route_prefix", apps[0].get("route_prefix", "/"))
+    data = apply_overrides(data, overrides)
+    data.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return ServeSection.model_validate(data)
+    except Exception as err:  # pydantic ValidationError -> one clear message
+        raise ConfigError(path, [("applications[0].args", str(err))]) from None

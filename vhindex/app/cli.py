@@ -13,9 +13,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
-from vhindex.config import Config, ConfigError, load_config
+from vhindex.config import Config, ConfigError, load_config, serve_settings
 
 log = logging.getLogger("vhindex")
 
@@ -176,32 +176,6 @@ def cmd_index_sharded(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_settings(path: str, overrides: Sequence[str] = (), **flags: Any) -> Any:
-    """The :class:`~vhindex.config.ServeSection` of a Serve config file (first application's ``args`` +
-    ``http_options``), with ``key=value`` overrides and non-None ``flags`` applied."""
-    import yaml
-
-    from vhindex.config import ServeSection, apply_overrides
-
-    with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f) or {}
-    apps = doc.get("applications") or []
-    if not apps:
-        raise ConfigError(path, [("applications", "missing: a Serve config lists its applications")])
-    data = dict(apps[0].get("args") or {})
-    http = doc.get("http_options") or {}
-    data.setdefault("host", http.get("host", "127.0.0.1"))
-    data.setdefault("port", http.get("port", 8000))
-    data.setdefault("app_name", apps[0].get("name", "vhindex"))
-    data.setdefault("route_prefix", apps[0].get("route_prefix", "/"))
-    data = apply_overrides(data, overrides)
-    data.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        return ServeSection.model_validate(data)
-    except Exception as err:  # pydantic ValidationError -> one clear message
-        raise ConfigError(path, [("applications[0].args", str(err))]) from None
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
@@ -252,6 +226,27 @@ def cmd_index_compact(args: argparse.Namespace) -> int:
                   storage_options=_storage_options(args.storage_options))
     print(f"compacted {out['folded_updates']} updates into {out['videos']} videos -> {args.out} (index version "
           f"{out['index_version']}); deploy it with serve.index={args.out} and the same serve.update_log")
+    return 0
+
+
+def cmd_deploy_render(args: argparse.Namespace) -> int:
+    """``vhindex deploy render``: infra/ files (KubeRay manifests, launcher YAML) from configs/deploy/cluster.yaml."""
+    from vhindex.app.deploy import check, load_spec, render
+
+    targets = ("kuberay", "launcher") if args.target == "all" else (args.target,)
+    files = render(load_spec(args.config), args.root, args.config, targets)
+    if args.check:
+        stale = check(files, args.out)
+        if stale:
+            print("out of date (run `vhindex deploy render` again): " + ", ".join(stale), file=sys.stderr)
+            return 1
+        print(f"{len(files)} files in {args.out} match {args.config}")
+        return 0
+    for rel, text in files.items():
+        path = Path(args.out) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(path)
     return 0
 
 
@@ -518,6 +513,17 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--overwrite", action="store_true", help="--level frame: replace an index at --out")
         _add_config_args(c)
         c.set_defaults(func=cmd_index_sharded)
+
+    p = sub.add_parser("deploy", help="cluster deployment files")
+    dsub = p.add_subparsers(dest="deploy_command", required=True, metavar="ACTION")
+    c = dsub.add_parser("render", help="write infra/ (KubeRay RayCluster / RayJob / RayService, Ray launcher YAML) "
+                                       "from a deployment spec and the configs it names")
+    c.add_argument("--config", default="configs/deploy/cluster.yaml", help="deployment spec (default: %(default)s)")
+    c.add_argument("--target", choices=["kuberay", "launcher", "all"], default="all")
+    c.add_argument("--out", default="infra", help="folder to write (default: %(default)s)")
+    c.add_argument("--root", default=".", help="repository root the spec's config paths are relative to")
+    c.add_argument("--check", action="store_true", help="write nothing; fail when the files differ from a rendering")
+    c.set_defaults(func=cmd_deploy_render)
 
     p = sub.add_parser("serve", help="serve a sharded index over HTTP with Ray Serve on a local Ray")
     p.add_argument("--serve-config", default="configs/serve/local.yaml", help="Serve config YAML (default: %(default)s)")
