@@ -311,13 +311,14 @@ def test_storage_faults_and_a_router_killed_after_the_log_write_lose_nothing(ray
         return out
 
     def settled(videos: dict[str, bytes], expect: bool, within_s: float = 1.5) -> None:
+        """Every video of the batch in (or out) within ``within_s``. A batch that only the followers pick up
+        reaches the shards its videos hash to one poll apart, so it may be partly visible for a moment."""
         deadline = time.monotonic() + within_s
         while True:
             got = present(videos)
-            assert all(g == got[0] for g in got), f"batch partly applied: {got}"
-            if got[0] == expect:
+            if all(g == expect for g in got):
                 return
-            assert time.monotonic() < deadline, f"batch {sorted(videos)[0]}... never became {expect}"
+            assert time.monotonic() < deadline, f"batch {sorted(videos)[0]}... not fully {expect} in time: {got}"
             time.sleep(0.1)
 
     def check_exact() -> None:
@@ -355,7 +356,8 @@ def test_storage_faults_and_a_router_killed_after_the_log_write_lose_nothing(ray
         assert post(acked2).status_code == 200
         state.update(acked2)
         settled(acked2, expect=True, within_s=0)  # read-your-writes
-        settled(lost, expect=True)  # followed from the log
+        # followed from the log -- after the storage client's retry backoff: a follower's own reads failed too
+        settled(lost, expect=True, within_s=10)
         state.update(lost)
         check_exact()
         # 3. the router dies after the write, before the reply: the batch is fully in
@@ -375,7 +377,7 @@ def test_storage_faults_and_a_router_killed_after_the_log_write_lose_nothing(ray
         proxy.mode = "pass"
         assert outcome and outcome[0] != 200, outcome  # never acknowledged
         wait_healthy(base, timeout_s=90)
-        settled(orphan, expect=True)
+        settled(orphan, expect=True, within_s=10)
         state.update(orphan)
         acked3 = batch("a")  # the restarted router writes on
         assert post(acked3).status_code == 200
