@@ -313,7 +313,6 @@ class FrameShardServer:
         shards = manifest["shards"]
         self.shard_id = shard_id
         self.first_video = int(sum(x["videos"] for x in shards[:shard_id]))
-        self.first_frame = int(sum(x["frames"] for x in shards[:shard_id]))
         self.index = FrameLevelIndex.load(f"{index_url.rstrip('/')}/{shards[shard_id]['name']}", storage_options,
                                           num_threads=faiss_threads)
         self.index.prepare()  # large shards: multi-index hash tables built (and compiled) before serving

@@ -15,6 +15,7 @@ import random
 import signal
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,6 +42,26 @@ def _base_index(tmp_path, rng: np.random.Generator, n: int, row_group_size: int)
         w.write(ids, codes)
     build_sharded_index(str(tmp_path / "codes"), str(tmp_path / "index"), 3, spec=IndexSpec("flat", {}))
     return ids, codes
+
+
+def _oracle(state: dict[str, bytes], rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` codes of the current videos and ``n`` random codes as queries, and their brute-force answers over
+    ``state`` (``(queries, distances, ids)``)."""
+    all_ids = sorted(state)
+    all_codes = np.stack([np.frombuffer(state[v], np.uint8) for v in all_ids])
+    q = np.concatenate([all_codes[rng.integers(0, len(all_ids), n)],
+                        rng.integers(0, 256, size=(n, BITS // 8), dtype=np.uint8)])
+    D_ref, pos = brute_force_knn(q, all_codes)
+    return q, D_ref, np.array(all_ids, dtype=object)[pos]
+
+
+def _batch_search(http: Any, base: str, q: np.ndarray, k: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """``POST /search/batch`` of ``q`` through ``http`` (requests or a session): ``(body, distances, ids)``."""
+    body = http.post(base + "/search/batch", json={"queries": [{"code": code_to_hex(x)} for x in q], "k": k},
+                     timeout=60).json()
+    D = np.array([[h["distance"] for h in r] for r in body["results"]], dtype=np.int32)
+    I = np.array([[h["video_id"] for h in r] for r in body["results"]], dtype=object)
+    return body, D, I
 
 
 def _clear_apps() -> None:
@@ -134,17 +155,9 @@ def test_concurrent_adds_deletes_and_queries_equal_brute_force(ray_serve, tmp_pa
         time.sleep(0.5)
 
     def check_exact() -> None:
-        all_ids = sorted(state)
-        all_codes = np.stack([np.frombuffer(state[v], np.uint8) for v in all_ids])
-        q = np.concatenate([all_codes[rng.integers(0, len(all_ids), 10)],
-                            rng.integers(0, 256, size=(10, BITS // 8), dtype=np.uint8)])
-        D_ref, pos = brute_force_knn(q, all_codes)
-        I_ref = np.array(all_ids, dtype=object)[pos]
+        q, D_ref, I_ref = _oracle(state, rng, 10)
         for k in (10, 100):
-            body = requests.post(base + "/search/batch", json={"queries": [{"code": code_to_hex(x)} for x in q],
-                                                               "k": k}, timeout=60).json()
-            D = np.array([[h["distance"] for h in r] for r in body["results"]], dtype=np.int32)
-            I = np.array([[h["video_id"] for h in r] for r in body["results"]], dtype=object)
+            _, D, I = _batch_search(requests, base, q, k)
             assert_same_knn(D, I, D_ref, I_ref)
         info = requests.get(base + "/info", timeout=10).json()
         assert sum(info["counts"]) == n  # the built index's counts
@@ -203,23 +216,15 @@ def test_compaction_swaps_in_under_load_with_exact_answers(ray_serve, tmp_path):
     old_version = requests.get(base + "/info", timeout=10).json()["serving_version"]
     assert cli_main(["index", "compact", "--index", str(tmp_path / "index"), "--log", log_url,
                      "--out", str(tmp_path / "index-2")]) == 0
-    all_ids = sorted(state)
-    all_codes = np.stack([np.frombuffer(state[v], np.uint8) for v in all_ids])
-    q = np.concatenate([all_codes[rng.integers(0, len(all_ids), 8)],
-                        rng.integers(0, 256, size=(8, BITS // 8), dtype=np.uint8)])
-    D_ref, pos = brute_force_knn(q, all_codes)
-    I_ref = np.array(all_ids, dtype=object)[pos]
+    q, D_ref, I_ref = _oracle(state, rng, 8)
     versions, bad = [], []
     stop = threading.Event()
 
     def load() -> None:
         s = requests.Session()
         while not stop.is_set():
-            body = s.post(base + "/search/batch", json={"queries": [{"code": code_to_hex(x)} for x in q], "k": 20},
-                          timeout=60).json()
+            body, D, I = _batch_search(s, base, q, 20)
             versions.append(body["index_version"])
-            D = np.array([[h["distance"] for h in row] for row in body["results"]], dtype=np.int32)
-            I = np.array([[h["video_id"] for h in row] for row in body["results"]], dtype=object)
             try:
                 assert_same_knn(D, I, D_ref, I_ref)
             except AssertionError as err:
@@ -322,16 +327,9 @@ def test_storage_faults_and_a_router_killed_after_the_log_write_lose_nothing(ray
             time.sleep(0.1)
 
     def check_exact() -> None:
-        all_ids = sorted(state)
-        all_codes = np.stack([np.frombuffer(state[v], np.uint8) for v in all_ids])
-        q = np.concatenate([all_codes[rng.integers(0, len(all_ids), 6)],
-                            rng.integers(0, 256, size=(6, BITS // 8), dtype=np.uint8)])
-        D_ref, pos = brute_force_knn(q, all_codes)
-        body = requests.post(base + "/search/batch", json={"queries": [{"code": code_to_hex(x)} for x in q], "k": 30},
-                             timeout=60).json()
-        D = np.array([[h["distance"] for h in r] for r in body["results"]], dtype=np.int32)
-        I = np.array([[h["video_id"] for h in r] for r in body["results"]], dtype=object)
-        assert_same_knn(D, I, D_ref, np.array(all_ids, dtype=object)[pos])
+        q, D_ref, I_ref = _oracle(state, rng, 6)
+        _, D, I = _batch_search(requests, base, q, 30)
+        assert_same_knn(D, I, D_ref, I_ref)
 
     try:
         acked = batch("a")
@@ -432,22 +430,14 @@ def test_automatic_compaction_swaps_under_load_and_truncates_the_log(ray_serve, 
         return sum(1 for p in log_dir.rglob("*.json"))
 
     def run_until_swapped(expected_compactions: int) -> list[str]:
-        all_ids = sorted(state)
-        all_codes = np.stack([np.frombuffer(state[v], np.uint8) for v in all_ids])
-        q = np.concatenate([all_codes[rng.integers(0, len(all_ids), 6)],
-                            rng.integers(0, 256, size=(6, BITS // 8), dtype=np.uint8)])
-        D_ref, pos = brute_force_knn(q, all_codes)
-        I_ref = np.array(all_ids, dtype=object)[pos]
+        q, D_ref, I_ref = _oracle(state, rng, 6)
         versions: list[str] = []
         deadline = time.monotonic() + 120
         s = requests.Session()
         settle = None
         while settle is None or time.monotonic() < settle:
-            body = s.post(base + "/search/batch", json={"queries": [{"code": code_to_hex(x)} for x in q], "k": 20},
-                          timeout=60).json()
+            body, D, I = _batch_search(s, base, q, 20)
             versions.append(body["index_version"])
-            D = np.array([[h["distance"] for h in row] for row in body["results"]], dtype=np.int32)
-            I = np.array([[h["video_id"] for h in row] for row in body["results"]], dtype=object)
             assert_same_knn(D, I, D_ref, I_ref)
             if settle is None:
                 done = requests.get(base + "/info", timeout=10).json()["live"]["compaction"]["compactions"]

@@ -270,14 +270,13 @@ def render(spec: DeploySpec, root: str | Path = ".", config_name: str = "configs
             env_token = {"name": "VHINDEX_TOKEN", "valueFrom": {"secretKeyRef": {"name": spec.serve.auth_secret,
                                                                                  "key": "token"}}}
         probe = {"httpGet": {"path": "/healthz", "port": SERVE_PORT}, "periodSeconds": 5, "failureThreshold": 3}
-        cluster = _cluster_spec(spec, env, serve_ports=True, probe=None)
+        cluster = _cluster_spec(spec, env, serve_ports=True, probe=probe)
         for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):
             c = group["template"]["spec"]["containers"][0]
             if spec.serve.auth_secret:
                 c["env"].append(env_token)
             if settings.fast_path:  # router replicas answer on their own ports on every pod
                 c.setdefault("ports", []).append({"name": "serve-direct", "containerPort": settings.direct_port})
-        cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["readinessProbe"] = probe
         out["k8s/rayservice.yaml"] = dump({
             "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": _meta(spec, f"{spec.name}-serve"),
             "spec": {"serveConfigV2": yaml.safe_dump(serve_doc, sort_keys=False, width=120),
@@ -317,12 +316,13 @@ def _launcher(spec: DeploySpec, *, local: bool) -> dict[str, Any]:
     doc["head_node_type"] = "head"
     doc["file_mounts"] = {"/opt/vhindex": "."}
     doc["setup_commands"] = [f"cd /opt/vhindex && {c}" for c in setup]
+    # the launcher's nodes are fresh machines: nothing to stop before starting Ray (and a machine-wide stop
+    # would end Ray processes this config did not start)
     doc["head_start_ray_commands"] = [
-        "ray stop",  # on the launcher's own nodes: it owns every Ray process there
         f"ray start --head --port=6379 --dashboard-host=0.0.0.0 --object-store-memory={spec.head.object_store_gb * 10**9} "
         "--autoscaling-config=~/ray_bootstrap_config.yaml"]
     doc["worker_start_ray_commands"] = [
-        "ray stop", f"ray start --address=$RAY_HEAD_IP:6379 --object-store-memory={spec.cpu_workers.object_store_gb * 10**9}"]
+        f"ray start --address=$RAY_HEAD_IP:6379 --object-store-memory={spec.cpu_workers.object_store_gb * 10**9}"]
     return doc
 
 
