@@ -185,6 +185,7 @@ class DataPlaneClient:
     def __init__(self, endpoint: dict[str, Any], max_idle: int = 4) -> None:
         self.host, self.port, self.secret = str(endpoint["host"]), int(endpoint["port"]), str(endpoint["secret"])
         self.key = (self.host, self.port, self.secret)
+        self.pid = endpoint.get("pid")  # the replica's process (shown in /info: which replicas the router reaches)
         self.max_idle = max_idle
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._next_id = 0

@@ -211,9 +211,11 @@ class IndexShardServer:
                 "delta": int(getattr(shard, "delta_size", 0)), "hidden": len(getattr(shard, "hidden", ()))}
 
     def loaded_versions(self) -> dict[str, Any]:
-        """``{"current": v, "versions": [...], "shard_id": i, "pid": pid}`` (control plane)."""
+        """``{"current": v, "versions": [...], "shard_id": i, "pid": pid, "node_id": Ray node}`` (control plane)."""
+        import ray
+
         return {"current": self.current, "versions": sorted(self.versions), "shard_id": self.shard_id,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def _get(self, version: str | None) -> Any:
         v = version or self.current
@@ -1113,7 +1115,9 @@ class Router:
                         "frames": self.frame_search.ntotal_frames, "version": self.frame_search.version},
                     router_counters=self.counters, batching=s.batching, serve_mode=self.runtime_mode(),
                     data_plane={"enabled": s.data_plane,
-                                "endpoints": {str(i): len(self._planes.get(i, [])) for i in range(len(self.shards))}})
+                                "endpoints": {str(i): len(self._planes.get(i, [])) for i in range(len(self.shards))},
+                                "peers": {str(i): [{"host": c.host, "port": c.port, "pid": c.pid}
+                                                   for c in self._planes.get(i, [])] for i in range(len(self.shards))}})
         return JSONResponse(json.loads(json.dumps(info, default=str)))
 
 
@@ -1159,13 +1163,21 @@ def build_app(args: dict[str, Any]) -> Any:
                    "poll_s": settings.update_poll_s}
     # One access-log line per request and per shard call is measurable on small machines: off by default.
     logging_config = {"enable_access_log": settings.access_log}
+    # Placement over nodes (docs/cluster.md): Serve spreads a deployment's replicas best-effort; with
+    # max_replicas_per_node it never puts more than that many of one shard on a node, so one lost node
+    # cannot take every copy of a shard.
+    shard_actor_options: dict[str, Any] = {"num_cpus": settings.shard_cpus}
+    if settings.shard_resources:
+        shard_actor_options["resources"] = dict(settings.shard_resources)
+    placement = ({"max_replicas_per_node": settings.max_replicas_per_node}
+                 if settings.max_replicas_per_node else {})
     shards = [
         versioned(serve.deployment(IndexShardServer, name=f"Shard{i}", num_replicas=settings.replicas,
-                                   ray_actor_options={"num_cpus": settings.shard_cpus}, user_config=user_config,
+                                   ray_actor_options=shard_actor_options, user_config=user_config,
                                    health_check_period_s=5, health_check_timeout_s=10, max_ongoing_requests=64,
-                                   logging_config=logging_config),
-                  i, so, settings.faiss_threads, settings.mask_table, settings.replicas, settings.shard_cpus,
-                  settings.data_plane_ports, updates)
+                                   logging_config=logging_config, **placement),
+                  i, so, settings.faiss_threads, settings.mask_table, settings.replicas, shard_actor_options,
+                  settings.data_plane_ports, updates, placement)
         .bind(i, so, settings.faiss_threads, settings.mask_table, settings.data_plane_ports, updates)
         for i in range(int(info["num_shards"]))
     ]
@@ -1205,9 +1217,10 @@ def build_app(args: dict[str, Any]) -> Any:
                                  f"make the frame index's codes (model version {fm['model_version']})")
         frame_shards = [
             versioned(serve.deployment(FrameShardServer, name=f"FrameShard{i}", num_replicas=settings.replicas,
-                                       ray_actor_options={"num_cpus": settings.shard_cpus}, max_ongoing_requests=64,
-                                       health_check_period_s=5, logging_config=logging_config),
-                      i, settings.frame_index, fm["index_version"], so, settings.faiss_threads)
+                                       ray_actor_options=shard_actor_options, max_ongoing_requests=64,
+                                       health_check_period_s=5, logging_config=logging_config, **placement),
+                      i, settings.frame_index, fm["index_version"], so, settings.faiss_threads, shard_actor_options,
+                      placement)
             .bind(i, settings.frame_index, so, settings.faiss_threads)
             for i in range(int(fm["num_shards"]))]
     # the index travels in user_config (a new one hot-swaps instead of restarting the router)
@@ -1221,8 +1234,11 @@ def build_app(args: dict[str, Any]) -> Any:
             raise ValueError(f"serve.auth_token_env={settings.auth_token_env!r}: that environment variable is empty or "
                              "unset where the application is built")
         token_sha256 = hashlib.sha256(token.encode()).hexdigest()
+    router_actor_options: dict[str, Any] = {"num_cpus": settings.router_cpus}
+    if settings.router_resources:
+        router_actor_options["resources"] = dict(settings.router_resources)
     router_dep = versioned(serve.deployment(Router, name="Router", num_replicas=settings.router_replicas,
-                                            ray_actor_options={"num_cpus": settings.router_cpus},
+                                            ray_actor_options=router_actor_options,
                                             user_config=user_config, max_ongoing_requests=256,
                                             logging_config=logging_config),
                            len(shards), settings.model, router_settings.model_dump(mode="json"), token_sha256)
@@ -1378,7 +1394,7 @@ def deploy(settings: Any, *, blocking: bool = False) -> Any:
     ``fast_path`` the router replicas also answer on their own ports (:func:`direct_endpoints`) --
     provided the Ray cluster runs with :func:`serve_cluster_env` (a warning says when it does not).
     """
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(proxy_location=settings.proxy_location, http_options={"host": settings.host, "port": settings.port})
     handle = serve.run(build_app(settings.model_dump(mode="json")), name=settings.app_name,
                        route_prefix=settings.route_prefix, blocking=blocking)
     if settings.fast_path and not blocking:

@@ -426,12 +426,26 @@ class ServeSection(_Section):
     mask_table: str | None = Field(None, description="Category-mask table (.npy) enabling `category` in queries.")
     host: str = Field("127.0.0.1", description="HTTP bind address (127.0.0.1 unless you mean to expose it).")
     port: int = Field(8000, ge=0, le=65535)
+    proxy_location: Literal["EveryNode", "HeadOnly", "Disabled"] = Field(
+        "EveryNode", description="Where Serve runs HTTP proxies (a Serve config's top-level proxy_location): every "
+                                 "node (a load balancer in front spreads over them), the head only, or none.")
     app_name: str = "vhindex"
     route_prefix: str = "/"
     replicas: int = Field(1, gt=0, description="Replicas per shard deployment.")
     router_replicas: int = Field(1, gt=0)
     shard_cpus: float = Field(0.5, gt=0.0, description="CPUs reserved per shard replica.")
     router_cpus: float = Field(0.5, gt=0.0)
+    max_replicas_per_node: int | None = Field(
+        None, gt=0, description="Most replicas of one shard deployment on one Ray node. 1 is hard anti-affinity: the "
+                                "replicas of a shard always sit on different nodes, so losing a node never takes "
+                                "every copy of a shard (replicas beyond the node count stay pending until nodes "
+                                "join). null: Serve's default, which spreads replicas over nodes best-effort.")
+    shard_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources every shard replica requests (e.g. {\"index_host\": "
+                                          "0.01} keeps shards on the nodes started with that resource).")
+    router_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources every router replica requests (e.g. keep the routers "
+                                          "on the ingress nodes).")
     faiss_threads: int = Field(1, gt=0, description="faiss OpenMP threads per shard replica.")
     max_k: int = Field(1000, gt=0, le=100_000, description="Largest k a request may ask.")
     max_batch: int = Field(1000, gt=0, description="Most queries in one /search/batch request.")
@@ -783,6 +797,8 @@ def serve_settings(path: str, overrides: Sequence[str] = (), **flags: Any) -> An
     http = doc.get("http_options") or {}
     data.setdefault("host", http.get("host", "127.0.0.1"))
     data.setdefault("port", http.get("port", 8000))
+    if doc.get("proxy_location"):
+        data.setdefault("proxy_location", doc["proxy_location"])
     data.setdefault("app_name", apps[0].get("name", "vhindex"))
     data.setdefault("route_prefix", apps[0].get("route_prefix", "/"))
     data = apply_overrides(data, overrides)
