@@ -122,7 +122,10 @@ def ray_engine(cfg: Any) -> Engine:
                 compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
                 # Ray Data's actor pools default to max_restarts=-1 / max_task_retries=-1: a dead actor is
                 # restarted and its in-flight shard retried (passing them again is deprecated in 2.60).
-                num_cpus=_cpus_per_actor(cfg), num_gpus=float(gpus) or None)
+                num_cpus=_cpus_per_actor(cfg), num_gpus=float(gpus) or None,
+                # one actor per node before two on any (a lost node takes fewer actors), on the nodes
+                # that have cfg.resources
+                scheduling_strategy="SPREAD", **({"resources": dict(cfg.resources)} if cfg.resources else {}))
             seen: set[str] = set()
             for row in mapped.iter_rows():
                 res = json.loads(str(row["result"]))

@@ -291,3 +291,25 @@ def test_float16_overflow_is_refused_not_stored_as_inf(tmp_path):
             w.write(["a", "b", "c"], feats)
         w.write(["a", "c"], feats[[0, 2]])  # the refused batch left no ids behind
     assert FrameDataset.open(str(tmp_path / "ds")).read_video_ids() == ["a", "c"]
+
+
+def test_forget_listings_lets_a_driver_see_what_other_processes_wrote_on_s3(s3_server):
+    """s3fs caches listings per (shared) instance: after a listing, a file another process writes under it
+    looks missing until :func:`vhindex.fs.forget_listings` -- what the sharded jobs' driver calls before it
+    reads the actors' shards (found by a multi-node test, where the job failed finalizing)."""
+    import s3fs
+
+    from vhindex.fs import forget_listings
+
+    so = s3_server.storage_options
+    fs = fsspec.filesystem("s3", **so)
+    other = s3fs.S3FileSystem(skip_instance_cache=True, key=so["key"], secret=so["secret"],
+                              client_kwargs=so["client_kwargs"])  # another process's view
+    root = s3_server.url().split("://", 1)[1]
+    other.pipe(f"{root}/shards/a/x.json", b"1")
+    fs.find(root)  # caches the listings of root, root/shards and root/shards/a
+    other.pipe(f"{root}/shards/a/y.json", b"2")
+    with pytest.raises(FileNotFoundError):
+        fs.cat(f"{root}/shards/a/y.json")  # the hazard: a stale listing says the file is not there
+    forget_listings(fs, root)
+    assert fs.cat(f"{root}/shards/a/y.json") == b"2"

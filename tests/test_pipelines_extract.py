@@ -66,7 +66,7 @@ def oracle(clips) -> dict[str, object]:
 
 def _exactly_once(job: ExtractJob) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Feature rows and error rows of a finished job; asserts every input is in exactly one of them."""
-    ds = FrameDataset.open(job.output.url)
+    ds = FrameDataset.open(job.output.url, job.output.storage_options)
     feats: dict[str, np.ndarray] = {}
     for batch in ds.iter_batches(64):
         for vid, f in zip(batch.video_ids, batch.features, strict=True):
@@ -153,7 +153,7 @@ def test_local_extraction_matches_the_extractor_and_counts_corrupted_videos(clip
     assert set(errors) == {"broken_truncated", "broken_garbage"}
     _check_against_oracle(feats, errors, oracle)
     assert validate_dataset(job.output.url).ok
-    ds = FrameDataset.open(job.output.url)
+    ds = FrameDataset.open(job.output.url, job.output.storage_options)
     assert (ds.meta.num_frames, ds.meta.feature_dim, ds.meta.dtype) == (4, 1280, "float16")
     assert json.loads(ds.meta.extractor_version)["backbone"] == "efficientnet_lite0"
     err_lines = [json.loads(x) for x in (Path(job.output.url) / SHARDS_DIR / "shard-00000" / "_errors.jsonl")

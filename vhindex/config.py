@@ -351,6 +351,10 @@ class PipelineSection(_Section):
                                  "that reserves every CPU hangs.")
     gpus_per_actor: float | Literal["auto"] = Field(
         "auto", description='GPUs per actor; "auto" = 1 when the cluster has GPUs, else 0.')
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources every actor requests (e.g. {\"extract_node\": 0.01} "
+                                          "keeps the actors on the nodes started with that resource). Actors are "
+                                          "spread over the nodes that qualify (Ray's SPREAD strategy).")
     max_error_fraction: float = Field(
         0.01, ge=0.0, le=1.0, description="Per-video errors (undecodable files, ...) above this fraction of the "
                                           "inputs make the job exit non-zero (the outputs are still written).")

@@ -50,6 +50,22 @@ def is_local(fs: AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
+def forget_listings(fs: AbstractFileSystem, root: str) -> None:
+    """Drop every cached directory listing at or below ``root`` (and of its parents).
+
+    Object-store filesystems (s3fs, gcsfs, ...) cache listings per instance, and fsspec hands out one
+    instance per set of options: a listing taken before another process wrote under ``root`` would
+    make the new files look missing. ``invalidate_cache(root)`` alone forgets ``root`` and its parents
+    but not the folders below it.
+    """
+    fs.invalidate_cache(root)
+    cache = getattr(fs, "dircache", None)
+    if cache:
+        prefix = root.rstrip("/") + "/"
+        for key in [k for k in list(cache) if k.startswith(prefix)]:
+            cache.pop(key, None)
+
+
 def write_bytes_atomic(fs: AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or the whole file.
 

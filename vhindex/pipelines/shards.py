@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -111,6 +112,17 @@ class ItemError:
     message: str
 
 
+def ray_node_id() -> str:
+    """The Ray node this process runs on, or "" outside a Ray worker (never imports Ray itself)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 -- only a label in the marker
+        return ""
+
+
 @dataclasses.dataclass
 class ShardStats:
     """Counts and timings of one finished shard (contents of its ``_stats.json`` marker).
@@ -125,6 +137,7 @@ class ShardStats:
         seconds: wall time of the shard.
         finished_at: UNIX time the marker was written.
         worker: host:pid of the process that wrote it.
+        node: the Ray node id of that process ("" outside Ray).
         extra: processor-specific figures (frames decoded, model version, ...).
     """
 
@@ -138,6 +151,7 @@ class ShardStats:
     finished_at: float
     worker: str
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    node: str = dataclasses.field(default_factory=lambda: ray_node_id())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -173,7 +187,14 @@ class ShardedOutput:
 
     def is_complete(self) -> bool:
         """True once the top-level ``_manifest.json`` exists (the job finished)."""
+        self.refresh()
         return self.fs.exists(self._path(MANIFEST_NAME))
+
+    def refresh(self) -> None:
+        """Forget cached listings of the output folder. Other processes (the actors) write the shards: an
+        object-store filesystem that listed the folder earlier in this process (s3fs caches listings, and
+        fsspec shares one instance per set of options) would otherwise call their new files missing."""
+        vfs.forget_listings(self.fs, self.root)
 
     # -- job start ------------------------------------------------------------------------------
     def start(self, kind: str, fingerprint: dict[str, Any]) -> bool:
@@ -253,6 +274,7 @@ class ShardedOutput:
     def completed(self, specs: Iterable[ShardSpec], fingerprint: dict[str, Any]) -> dict[str, ShardStats]:
         """The shards of ``specs`` already finished by this job (marker present, same fingerprint)."""
         want = fingerprint_hash(fingerprint)
+        self.refresh()
         shards_root = self._path(SHARDS_DIR)
         try:
             # one listing instead of one existence check per shard
@@ -284,6 +306,7 @@ class ShardedOutput:
         missing = [s.name for s in specs if s.name not in stats]
         if missing:
             raise RuntimeError(f"{self.url}: {len(missing)} shards not finished (first: {missing[:5]})")
+        self.refresh()
 
         def shard_manifest(name: str) -> DatasetManifest:
             path = self._path(SHARDS_DIR, name, MANIFEST_NAME)
@@ -308,6 +331,7 @@ class ShardedOutput:
 
     def read_errors(self, specs: Sequence[ShardSpec] | None = None) -> list[ItemError]:
         """All error rows of the job (of ``specs``, or every shard present)."""
+        self.refresh()
         if specs is None:
             try:
                 names = sorted({p.replace("\\", "/").split("/")[-2] for p in self.fs.find(self._path(SHARDS_DIR))
@@ -327,4 +351,5 @@ class ShardedOutput:
 
     def read_summary(self) -> dict[str, Any]:
         """The ``_job_stats.json`` of a finished job."""
+        self.refresh()
         return vfs.read_json(self.fs, self._path(SUMMARY_NAME))
