@@ -441,7 +441,8 @@ def run_training_job(cfg: Any, *, progress: bool = True, out: Any = None, graph_
 
     started = connect_ray()
     try:
-        return run_recipe_on_ray(cfg, progress=progress, out=out, graph_executor=graph_executor)
+        return run_recipe_on_ray(cfg, progress=progress, out=out, graph_executor=graph_executor,
+                                 max_failures=cfg.train.max_failures)
     finally:
         if started:
             ray.shutdown()

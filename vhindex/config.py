@@ -327,6 +327,11 @@ class TrainSection(_Section):
                             "(Ray when RAY_ADDRESS is set, e.g. under `ray job submit`, or num_workers > 1; "
                             "else in-process).")
     num_workers: int = Field(1, gt=0, description="Ray Train workers (cluster runs).")
+    max_failures: int = Field(
+        0, ge=-1, description="Ray Train: restarts of a training stage's worker group after a failure (a lost "
+                              "node, a killed worker) within one job, each resuming from the last checkpoint in "
+                              "run.output_dir; -1 = unlimited. 0: the job fails and names the failure (resubmit "
+                              "it to resume).")
     use_gpu: bool = Field(False, description="Ray Train workers use one GPU each.")
 
     @field_validator("teacher_bits")
