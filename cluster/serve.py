@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -130,6 +131,10 @@ class IndexShardServer:
         self._applied: list[Any] = []
         self._seen: dict[str, int] = {}  # writer -> the last of its batches applied here (pushed or read)
         self._follower: Any = None
+        # Reading the log and applying what was read happen under one lock: read_new() hands each batch to
+        # one caller only, so a catch-up racing the follower thread could otherwise find nothing new while
+        # the follower has read the batch but not applied it yet -- and answer without it.
+        self._log_lock = threading.Lock()
         self._stop = None
 
     def _follow_log(self) -> None:
@@ -137,7 +142,8 @@ class IndexShardServer:
         :mod:`vhindex.index.live`); the router also pushes each batch right after writing it."""
         while not self._stop.wait(float(self.updates["poll_s"])):
             try:
-                self._apply(self._log.read_new())
+                with self._log_lock:
+                    self._apply(self._log.read_new())
             except Exception as err:  # noqa: BLE001 -- storage hiccup: try again at the next poll
                 logger.warning("shard %d: reading the update log failed: %s", self.shard_id, err)
 
@@ -156,10 +162,11 @@ class IndexShardServer:
         from vhindex.index.live import Update
 
         updates = [Update.from_json(u) for u in batch]
-        if updates and self._log is not None:
-            _, writer, seq = updates[0].stamp
-            self._log.mark_read(writer, seq)  # the follower skips it unless an earlier batch is missing
-        return self._apply(updates)
+        with self._log_lock:
+            if updates and self._log is not None:
+                _, writer, seq = updates[0].stamp
+                self._log.mark_read(writer, seq)  # the follower skips it unless an earlier batch is missing
+            return self._apply(updates)
 
     def _load(self, url: str) -> None:
         sharded = _open_index(url, self.storage_options)
@@ -173,8 +180,6 @@ class IndexShardServer:
                              "(a hot swap must keep the shard count -- redeploy instead)")
         shard = sharded.load_shard(self.shard_id)
         if self.updates:
-            import threading
-
             from vhindex.index.live import LiveShard, UpdateLog, read_compaction
 
             shard = LiveShard(shard, self.shard_id, int(info["num_shards"]),
@@ -182,7 +187,8 @@ class IndexShardServer:
             if self._log is None:
                 self._log = UpdateLog(self.updates["log"], self.storage_options, writer="reader",
                                       bits=int(info["bits"]))
-                self._applied.extend(self._log.read_new())  # replay on start
+                with self._log_lock:  # replay on start; _apply records each writer's last batch seen
+                    self._apply(self._log.read_new())
                 self._stop = threading.Event()
                 self._follower = threading.Thread(target=self._follow_log, daemon=True,
                                                   name=f"shard{self.shard_id}-log")
@@ -229,10 +235,16 @@ class IndexShardServer:
         writer, seq = str(after[0]), int(after[1])
         if self._log is None or self._seen.get(writer, 0) >= seq:
             return
+
+        def catch_up() -> None:
+            with self._log_lock:  # waits for a follower read in progress to be applied (see __init__)
+                if self._seen.get(writer, 0) < seq:
+                    self._apply(self._log.read_new())
+                if self._seen.get(writer, 0) < seq:  # behind a gap of failed writes: list the folders
+                    self._apply(self._log.read_new(full=True))
+
         try:
-            await asyncio.to_thread(lambda: self._apply(self._log.read_new()))
-            if self._seen.get(writer, 0) < seq:  # behind a gap of failed writes: list the folders
-                await asyncio.to_thread(lambda: self._apply(self._log.read_new(full=True)))
+            await asyncio.to_thread(catch_up)
         except Exception as err:  # noqa: BLE001 -- storage hiccup: answer with what is applied, say so
             logger.warning("shard %d: catching up with the update log failed: %s", self.shard_id, err)
         if self._seen.get(writer, 0) < seq:

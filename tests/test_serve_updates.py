@@ -472,3 +472,42 @@ def test_automatic_compaction_swaps_under_load_and_truncates_the_log(ray_serve, 
     got = requests.post(base + "/search", json={"video_id": "late", "k": 1}, timeout=30).json()
     assert got["results"][0]["distance"] == 0
     _clear_apps()
+
+
+def test_a_catch_up_waits_for_a_batch_the_follower_has_read_but_not_applied(tmp_path):
+    """The race behind a rare read-your-writes failure under load: the follower thread has read a batch from
+    the log (``read_new`` hands each batch to one caller) but not applied it yet when a search carrying that
+    batch asks the replica to catch up. The catch-up must wait for it instead of answering without it.
+    In process, no Serve: the deployment class is a plain class."""
+    import asyncio
+
+    from cluster.serve import IndexShardServer
+    from vhindex.index.live import UpdateLog, shard_of
+
+    rng = np.random.default_rng(4)
+    _base_index(tmp_path, rng, 60, row_group_size=20)
+    log_url = str(tmp_path / "index" / "_updates")
+    server = IndexShardServer(0, updates={"log": log_url, "poll_s": 3600.0})  # the test plays the follower
+    server.reconfigure({"index": str(tmp_path / "index")})
+    mine = next(v for v in (f"new{i}" for i in range(100)) if shard_of(v, 3) == 0)  # an add shard 0 owns
+    new_code = bytes(range(BITS // 8))
+    stamp = UpdateLog(log_url, writer="router", bits=BITS).append([("add", mine, new_code)])[0].stamp
+    after = (stamp[1], stamp[2])
+
+    server._log_lock.acquire()  # the follower, mid-poll: it has read the batch ...
+    pending = server._log.read_new()
+    assert [u.video_id for u in pending] == [mine]
+    done = threading.Event()
+    answer: dict[str, object] = {}
+
+    def search_with_catch_up() -> None:
+        answer["codes"] = asyncio.run(server.reconstruct([mine], after=after))
+        done.set()
+
+    threading.Thread(target=search_with_catch_up, daemon=True).start()
+    assert not done.wait(0.5), "the catch-up answered while a batch it needs was being applied"
+    server._apply(pending)  # ... and applies it
+    server._log_lock.release()
+    assert done.wait(10)
+    assert answer["codes"] == [new_code]
+    server._stop.set()
