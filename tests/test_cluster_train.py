@@ -266,14 +266,23 @@ TINY_GCMH = ["model.name=gcmh", "model.bits=16",
              "train.batch_size=32", "train.lr=1.0e-3", "train.backend=local"]
 
 
+TINY_MCMSH = ["model.name=mcmsh", "model.bits=16", "train.batch_size=32", "train.lr=1.0e-3", "train.backend=local"]
+NEW_MODELS = {  # model -> (its settings, the loss terms its metrics must carry)
+    "gcmh": (TINY_GCMH, {"loss_recon", "loss_contrast", "loss_neighbour", "loss_balance", "loss_decorrelation"}),
+    "mcmsh": (TINY_MCMSH, {"loss_cluster", "loss_sim", "loss_q", "loss_quad"}),
+}
+
+
 @pytest.mark.slow
-def test_killed_gcmh_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("name", sorted(NEW_MODELS))
+def test_killed_job_of_a_new_model_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, name):
     """The new models train through the one loop: SIGKILL after a checkpoint, re-run, and the final model is
     bit-identical to a run that was never interrupted (same version hash)."""
+    settings, terms = NEW_MODELS[name]
     epochs = 12
     out = tmp_path / "killed"
-    args = [str(JOB), "--config", DEMO, f"run.output_dir={out}", *TINY_GCMH, f"train.epochs={epochs}"]
-    pointer = out / "gcmh" / "student" / "ckpt" / "latest.json"
+    args = [str(JOB), "--config", DEMO, f"run.output_dir={out}", *settings, f"train.epochs={epochs}"]
+    pointer = out / name / "student" / "ckpt" / "latest.json"
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=ray_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -290,18 +299,18 @@ def test_killed_gcmh_job_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path
             proc.wait()
     killed_at = json.loads(pointer.read_text())["epoch"]
     assert killed_at < epochs - 1, "the run finished before the kill; make it longer"
-    resumed = _run_job(DEMO, f"run.output_dir={out}", *TINY_GCMH, f"train.epochs={epochs}")
+    resumed = _run_job(DEMO, f"run.output_dir={out}", *settings, f"train.epochs={epochs}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"gcmh: resuming at epoch {killed_at + 2}/{epochs}" in resumed.stdout, resumed.stdout[-3000:]
+    assert f"{name}: resuming at epoch {killed_at + 2}/{epochs}" in resumed.stdout, resumed.stdout[-3000:]
     assert "'student': 'ran'" in resumed.stdout
-    history = [json.loads(x) for x in (out / "gcmh" / "student" / "metrics.jsonl").read_text().splitlines()]
+    history = [json.loads(x) for x in (out / name / "student" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in history] == list(range(epochs))
-    assert {"loss_recon", "loss_contrast", "loss_neighbour", "loss_balance", "loss_decorrelation"} <= set(history[-1])
-    straight = _run_job(DEMO, f"run.output_dir={tmp_path / 'straight'}", *TINY_GCMH, f"train.epochs={epochs}")
+    assert terms <= set(history[-1])
+    straight = _run_job(DEMO, f"run.output_dir={tmp_path / 'straight'}", *settings, f"train.epochs={epochs}")
     assert straight.returncode == 0, straight.stderr[-3000:]
     from vhindex.models import load_model
 
-    a, b = load_model(str(out / "gcmh" / "model")), load_model(str(tmp_path / "straight" / "gcmh" / "model"))
+    a, b = load_model(str(out / name / "model")), load_model(str(tmp_path / "straight" / name / "model"))
     assert a.version() == b.version()
 
 

@@ -53,8 +53,8 @@ __all__ = [
 ]
 
 SPLITS = ("train", "query", "database")
-LEARNED = ("bth", "dkph", "conmh", "gcmh")
-TEACHER_STUDENTS = ("bth", "dkph")  # share one teacher and anchor graph per seed
+LEARNED = ("bth", "dkph", "mcmsh", "conmh", "gcmh")
+TEACHER_STUDENTS = ("bth", "dkph", "mcmsh")  # share one teacher and anchor graph per seed
 Log = Callable[[str], None]
 
 
@@ -269,6 +269,7 @@ class _Runner:
             check_datasets,
             student_params,
             train_bth,
+            train_mcmsh,
             train_student,
             train_teacher,
             write_teacher_embeddings,
@@ -323,10 +324,10 @@ class _Runner:
                     graph = self._timed(f"{bench} train teacher+graph", teacher_graph)
                 vcfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}", urls=learn_urls,
                                           ds=train, bits=bits, method=method)
-                trainer = train_bth if method == "bth" else train_student
+                trainer = {"bth": train_bth, "dkph": train_student, "mcmsh": train_mcmsh}[method]
                 model, _ = self._timed(f"{bench} train {method}", lambda t=trainer, c=vcfg, g=graph: t(
                     c, check_datasets(c), graph_url=g, progress=False, validation=validation))
-                prefix = vcfg.run.output_dir + ("/bth" if method == "bth" else "")
+                prefix = vcfg.run.output_dir + ("" if method == "dkph" else f"/{method}")
                 self._record_selection(bench, method, bits, seed, f"{prefix}/student")
                 yield method, bits, model
 

@@ -156,16 +156,7 @@ class PairSampler:
             ValueError: on a non-1-D or out-of-range ``items``, or an item with no negative and
                 no fallback partner.
         """
-        items = np.asarray(items)
-        if items.ndim != 1:
-            raise ValueError(f"items must be 1-D, got shape {items.shape}")
-        if items.size and items.dtype.kind not in "iu":
-            raise TypeError(f"items must be integer video indices, got dtype {items.dtype}")
-        items = items.astype(np.int64, copy=False)
-        n = self.graph.num_videos
-        if items.size and (items.min() < 0 or items.max() >= n):
-            bad = items[(items < 0) | (items >= n)][0]
-            raise ValueError(f"item {bad} out of range [0, {n})")
+        items = self._check_items(items)
         b = items.size
         want_pos = self._rng.random(b) < 0.5
         partners = np.full(b, -1, np.int64)
@@ -180,9 +171,39 @@ class PairSampler:
                 s[missing] = -1.0
         idx = np.nonzero(partners < 0)[0]
         if idx.size:
-            got = self._draw(items[idx], CLASS_NEGATIVE)
-            partners[idx] = got
-            idx = idx[got < 0]
+            partners[idx] = self._dissimilar(items[idx])
+        return partners, s
+
+    def sample_quadruplets(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """MCMSH's L_quad partners of every item: a neighbour, a non-neighbour, and a non-neighbour of that one.
+
+        Args:
+            items: ``(B,)`` int video indices.
+
+        Returns:
+            ``(positive, negative1, negative2, has_positive)``: ``positive[i]`` is a uniform partner of class
+            ``adj == 1`` (the item itself where it has none, and then ``has_positive[i]`` is False);
+            ``negative1[i]`` a dissimilar partner of the item and ``negative2[i]`` a dissimilar partner of
+            ``negative1[i]`` (class ``adj == 2``, else ``adj == 0``, as :meth:`sample`'s negatives).
+
+        Raises:
+            ValueError: as :meth:`sample`.
+        """
+        items = self._check_items(items)
+        positive = self._draw(items, CLASS_POSITIVE) if items.size else np.zeros(0, np.int64)
+        has_positive = positive >= 0
+        self.stats["no_positive"] += int((~has_positive).sum())
+        positive = np.where(has_positive, positive, items)
+        negative1 = self._dissimilar(items)
+        return positive, negative1, self._dissimilar(negative1), has_positive
+
+    def _dissimilar(self, items: np.ndarray) -> np.ndarray:
+        """A negative partner per item (class 2), else a fallback one (class 0); raises when neither exists."""
+        partners = np.full(items.size, -1, np.int64)
+        if not items.size:
+            return partners
+        partners[:] = self._draw(items, CLASS_NEGATIVE)
+        idx = np.nonzero(partners < 0)[0]
         if idx.size:
             self.stats["fallback"] += int(idx.size)
             got = self._draw(items[idx], CLASS_FALLBACK)
@@ -191,9 +212,22 @@ class PairSampler:
                 bad = int(items[idx[got < 0][0]])
                 raise ValueError(f"video {bad} has no dissimilar partner at all (no negative and no fallback pair); "
                                  "the graph is degenerate (too few videos or anchors?)")
-        return partners, s
+        return partners
 
     # ------------------------------------------------------------------ internals
+    def _check_items(self, items: np.ndarray) -> np.ndarray:
+        items = np.asarray(items)
+        if items.ndim != 1:
+            raise ValueError(f"items must be 1-D, got shape {items.shape}")
+        if items.size and items.dtype.kind not in "iu":
+            raise TypeError(f"items must be integer video indices, got dtype {items.dtype}")
+        items = items.astype(np.int64, copy=False)
+        n = self.graph.num_videos
+        if items.size and (items.min() < 0 or items.max() >= n):
+            bad = items[(items < 0) | (items >= n)][0]
+            raise ValueError(f"item {bad} out of range [0, {n})")
+        return items
+
     def _draw(self, items: np.ndarray, cls: int) -> np.ndarray:
         """A uniform partner of class ``cls`` for every item, or -1 where the class is empty."""
         if self._fast is not None:

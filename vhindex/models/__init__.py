@@ -4,7 +4,7 @@
 >>> codes = model.encode_packed(frames)                                       # doctest: +SKIP
 
 Learned models (torch): :class:`BTH` (``"bth"``) and :class:`DKPH` (``"dkph"``) in
-:mod:`vhindex.models.learned`, their networks in :mod:`vhindex.models.nets` and losses in
+:mod:`vhindex.models.learned`, :class:`MCMSH` (``"mcmsh"``) in :mod:`vhindex.models.mixer`, their networks in :mod:`vhindex.models.nets` and losses in
 :mod:`vhindex.models.losses`. Later models subclass :class:`HashModel` and register with
 :func:`register_model`.
 """
@@ -27,6 +27,7 @@ from vhindex.models.base import (
 from vhindex.models.baselines import ITQ, LSH, PCASign, quantization_loss, random_orthogonal
 from vhindex.models.contrastive import GCMH, ConMH  # noqa: E402,I001  (after the base models)
 from vhindex.models.learned import BTH, DKPH
+from vhindex.models.mixer import MCMSH  # noqa: E402,I001  (after the torch models it builds on)
 
 __all__ = [
     "BTH",
@@ -35,6 +36,7 @@ __all__ = [
     "GCMH",
     "ITQ",
     "LSH",
+    "MCMSH",
     "MODEL_REGISTRY",
     "BatchSource",
     "FrameShape",

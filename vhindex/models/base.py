@@ -250,7 +250,8 @@ class HashModel(abc.ABC):
         fs, root = url_to_fs(url, storage_options)
         model_bytes = (json.dumps(self._describe(), indent=2, sort_keys=True) + "\n").encode()
         buf = io.BytesIO()
-        np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in self.get_weights().items()})
+        # np.asarray(order="C"), not ascontiguousarray: that one turns 0-d arrays (scalar buffers) into 1-d
+        np.savez(buf, **{k: np.asarray(v, order="C") for k, v in self.get_weights().items()})
         weights_bytes = buf.getvalue()
         manifest = {
             "format": FORMAT_MODEL,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["balance_loss", "bth_loss", "conmh_loss", "dcl_loss", "decorrelation_loss", "dkph_loss", "gcmh_loss",
-           "recon_loss", "teacher_loss"]
+           "mcmsh_loss", "recon_loss", "teacher_loss"]
 
 
 def recon_loss(recon: Tensor, target: Tensor) -> Tensor:
@@ -214,3 +214,57 @@ def gcmh_loss(v1: dict[str, Tensor], v2: dict[str, Tensor], nb: dict[str, Tensor
     out["decorrelation"] = decorrelation_loss(codes)
     out["total"] = total + balance_weight * out["balance"] + decorrelation_weight * out["decorrelation"]
     return out
+
+
+def mcmsh_loss(
+    out1: dict[str, Tensor], out2: dict[str, Tensor], s: Tensor, c1: Tensor, c2: Tensor,
+    h_pos: Tensor | None = None, h_neg1: Tensor | None = None, h_neg2: Tensor | None = None,
+    quad_mask: Tensor | None = None, *, w_cluster: float = 0.8, w_sim: float = 0.1, w_q: float = 0.01,
+    w_quad: float = 0.01,
+) -> dict[str, Tensor]:
+    """MCMSH's loss ``0.8 * cluster + 0.1 * sim + 0.01 * q + 0.01 * quad`` (released ``train.py`` weights).
+
+    With ``B`` pairs, ``K`` bits, width ``d``, ``h`` the relaxed codes and ``b = sign(h)``:
+
+    * ``cluster = [||mean_t e1 - c1||^2 + ||mean_t e2 - c2||^2] / (d B)`` (each video towards its anchor);
+    * ``sim = (1/B) sum (s - <h1, h2> / K)^2``;
+    * ``q = [||h1 - b1||^2 + ||h2 - b2||^2] / (B K)``;
+    * ``quad = (1/B) sum_i m_i [relu(K/4 + ||h1 - h+||^2 - ||h1 - h-1||^2) + relu(K/64 + ||h1 - h+||^2 -
+      ||h-1 - h-2||^2)]`` with ``h+`` a graph neighbour of video 1, ``h-1`` a non-neighbour and ``h-2`` a
+      non-neighbour of ``h-1``; ``m_i = 0`` drops videos without a neighbour (``quad_mask``; default all 1).
+      Without ``h_pos`` the term is left out (the "no L_quad" ablation).
+
+    Args:
+        out1: :class:`~vhindex.models.mixer.MCMLPNet` output (``hidden``, ``h``, ``b``) of the first videos.
+        out2: the same for their partners.
+        s: ``(B,)`` pair similarity in {+1, -1}.
+        c1: ``(B, d)`` anchor embedding of each first video.
+        c2: ``(B, d)`` anchor embedding of each partner.
+        h_pos: ``(B, K)`` relaxed codes of the neighbours.
+        h_neg1: ``(B, K)`` relaxed codes of the first non-neighbours.
+        h_neg2: ``(B, K)`` relaxed codes of the second non-neighbours (non-neighbours of the first).
+        quad_mask: ``(B,)`` 1 where the video has a neighbour.
+        w_cluster: weight of L_cluster.
+        w_sim: weight of L_sim.
+        w_q: weight of L_q.
+        w_quad: weight of L_quad.
+    """
+    cluster, _, _ = _anchor_loss(out1["hidden"], out2["hidden"], c1, c2)
+    h1, h2 = out1["h"], out2["h"]
+    b, k = h1.shape
+    sim = _code_similarity_loss(h1, h2, s)
+    q = (((h1 - out1["b"]) ** 2).sum() + ((h2 - out2["b"]) ** 2).sum()) / (b * k)
+    total = w_cluster * cluster + w_sim * sim + w_q * q
+    out = {"cluster": cluster, "sim": sim, "q": q}
+    if h_pos is not None:
+        if h_neg1 is None or h_neg2 is None:
+            raise ValueError("mcmsh_loss: L_quad needs h_pos, h_neg1 and h_neg2")
+        pos = ((h1 - h_pos) ** 2).sum(dim=1)
+        per_item = (F.relu(k / 4.0 + pos - ((h1 - h_neg1) ** 2).sum(dim=1))
+                    + F.relu(k / 64.0 + pos - ((h_neg1 - h_neg2) ** 2).sum(dim=1)))
+        if quad_mask is not None:
+            per_item = per_item * quad_mask.to(per_item.dtype)
+        quad = per_item.sum() / b
+        total = total + w_quad * quad
+        out["quad"] = quad
+    return {"total": total, **out}

@@ -46,7 +46,8 @@ from vhindex.data import (
 )
 from vhindex.graph.stage import ExecutorFactory
 from vhindex.models.learned import BTH, DKPH, resolve_device
-from vhindex.models.losses import bth_loss, dkph_loss, teacher_loss
+from vhindex.models.losses import bth_loss, dkph_loss, mcmsh_loss, teacher_loss
+from vhindex.models.mixer import MCMSH
 from vhindex.models.nets import mask_frames
 from vhindex.train.common import (
     ARCH_PARAMS,
@@ -80,12 +81,22 @@ __all__ = [
     "run_dkph_recipe",
     "run_recipe",
     "train_bth",
+    "train_mcmsh",
     "train_student",
     "train_teacher",
     "write_teacher_embeddings",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: MCMSH's own switches (besides the shared architecture), recorded in its stage marker
+MCMSH_FLAGS = ("mlp_dropout", "expansion", "gates", "r_token", "r_channel", "use_quad")
+
+
+def _student_prefix(cfg: Config, kind: str) -> str:
+    """Where a student's folders go: the run root for DKPH (the flagship), ``<run>/<kind>`` for the others."""
+    return _root(cfg) if kind == "dkph" else f"{_root(cfg)}/{kind}"
+
 
 def _arch(cfg: Config, bits: int) -> dict[str, Any]:
     params = student_params(cfg)
@@ -220,7 +231,7 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
 
     t, so = cfg.train, _so(cfg)
     train = datasets["train"]
-    prefix = _root(cfg) if kind == "dkph" else f"{_root(cfg)}/bth"
+    prefix = _student_prefix(cfg, kind)
     stage, model_url = f"{prefix}/student", f"{prefix}/model"
     anchors_np, graph, nearest, graph_fp = _load_graph_for(cfg, graph_url, train)
     params = student_params(cfg, kind)
@@ -229,6 +240,9 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
         flags = {"temporal": params["temporal"], "use_tsim": params["use_tsim"], "use_bsim": params["use_bsim"]}
         if params["hash_input"] != "flatten":  # absent when released, so existing stage markers still match
             flags["hash_input"] = params["hash_input"]
+    elif kind == "mcmsh":
+        flags = {k: params[k] for k in MCMSH_FLAGS}
+        flags["gates"] = list(flags["gates"])
     weights = {"gamma1": t.gamma1, "gamma2": t.gamma2} if kind == "dkph" else {}
     bits = cfg.model.bits
     inputs = {"stage": kind, **_arch(cfg, bits), **flags, **weights, "epochs": t.epochs, "seed": cfg.run.seed,
@@ -238,7 +252,7 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
     if validation is not None:  # the saved model is the best validation epoch's (absent otherwise: old markers match)
         inputs["select"] = {"on": "val_map@20", "query": validation[0].url, "database": validation[1].url}
     device = resolve_device(t.device)
-    cls = DKPH if kind == "dkph" else BTH
+    cls = {"dkph": DKPH, "bth": BTH, "mcmsh": MCMSH}[kind]
     if _stage_done(stage, so, inputs):
         return cls.load(model_url, so).to(device), None, model_url  # type: ignore[return-value]
     _check_resumable(stage, so, inputs)
@@ -249,6 +263,8 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
     stream = _TrainStream(train, t.batch_size, cfg.run.seed, t.shuffle_buffer)
 
     def sampler_for(epoch: int) -> PairSampler:
+        if kind == "mcmsh":  # the hash layer's tanh sharpens epoch by epoch (saved with the weights)
+            model.net.set_alpha(epoch)
         return PairSampler(graph, np.random.SeedSequence([cfg.run.seed, epoch, 2]), backend=t.pair_backend)
 
     def step(net, batch: _Batch, gen):
@@ -260,6 +276,14 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
         c1 = anchors[torch.from_numpy(nearest[batch.positions]).to(device)]
         c2 = anchors[torch.from_numpy(nearest[partners]).to(device)]
         s_t = torch.from_numpy(s).to(device)
+        if kind == "mcmsh":
+            quad: dict[str, Any] = {}
+            if params["use_quad"]:  # a neighbour and two non-neighbours per video: three more forward passes
+                pos, neg1, neg2, has_pos = batch.sampler.sample_quadruplets(batch.positions)
+                quad = {name: net(mask_frames(_tensor(partners_src.get(rows), device), gen, t.mask_prob))["h"]
+                        for name, rows in (("h_pos", pos), ("h_neg1", neg1), ("h_neg2", neg2))}
+                quad["quad_mask"] = torch.from_numpy(has_pos).to(device)
+            return mcmsh_loss(out1, out2, s_t, c1, c2, **quad)
         if kind == "dkph":
             return dkph_loss(out1, out2, f1, f2, s_t, c1, c2, gamma1=t.gamma1, gamma2=t.gamma2,
                              use_tsim=params["use_tsim"], use_bsim=params["use_bsim"])
@@ -298,6 +322,20 @@ def train_student(cfg: Config, datasets: dict[str, FrameDataset] | None = None, 
     """
     datasets = datasets or check_datasets(cfg)
     model, result, _ = _train_pairs(cfg, "dkph", datasets, graph_url or f"{_root(cfg)}/graph", progress=progress,
+                                    validation=validation, **loop_kwargs)
+    return model, result  # type: ignore[return-value]
+
+
+def train_mcmsh(cfg: Config, datasets: dict[str, FrameDataset] | None = None, graph_url: str | None = None, *,
+                progress: bool = True, validation: tuple[FrameDataset, FrameDataset] | None = None,
+                **loop_kwargs: Any) -> tuple[MCMSH, TrainResult | None]:
+    """Train MCMSH (mcmsh_loss over the same graph, anchors and pairs); save to ``<run>/mcmsh/model``.
+
+    Returns:
+        ``(MCMSH model, TrainResult or None when skipped)``.
+    """
+    datasets = datasets or check_datasets(cfg)
+    model, result, _ = _train_pairs(cfg, "mcmsh", datasets, graph_url or f"{_root(cfg)}/graph", progress=progress,
                                     validation=validation, **loop_kwargs)
     return model, result  # type: ignore[return-value]
 
@@ -361,8 +399,7 @@ def run_recipe(cfg: Config, *, model: str | None = None, graph_executor: Executo
     stages["graph"] = "skipped" if before is not None and before == _graph_manifest_text(cfg) else "ran"
     student, res = _train_pairs(cfg, kind, datasets, graph_url, progress=progress)[:2]
     stages["student"] = "skipped" if res is None else "ran"
-    return finish_recipe(cfg, kind, student, datasets, _root(cfg) if kind == "dkph" else f"{_root(cfg)}/bth",
-                         stages, t0)
+    return finish_recipe(cfg, kind, student, datasets, _student_prefix(cfg, kind), stages, t0)
 
 
 def _graph_manifest_text(cfg: Config) -> bytes | None:
