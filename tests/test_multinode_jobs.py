@@ -201,7 +201,7 @@ def test_kmeans_on_dask_on_ray_gives_the_same_centroids_after_a_node_is_lost(clu
     import fsspec
 
     fsspec.filesystem("s3", **so).put(local, url, recursive=True)
-    km = dict(n_iter=25, tol=0.0)
+    km = dict(n_iter=30, tol=0.0)
     ref = fit_kmeans(SequentialExecutor(ParquetChunkSource(local, rows_per_chunk=200), num_threads=1), 24, seed=0,
                      init="k-means++", **km)
 
@@ -214,22 +214,30 @@ def test_kmeans_on_dask_on_ray_gives_the_same_centroids_after_a_node_is_lost(clu
             return build_graph(url, out, k=24, a=5, rows_per_chunk=200, seed=0, connection=conn,
                                storage_options=so, **km)
 
+    from ray.util.state import list_tasks
+
+    def tasks_on_victim() -> list:
+        return list_tasks(address=cluster.head.dashboard_url, filters=[("node_id", "=", victim_id)], limit=10_000,
+                          raise_on_missing_output=False)
+
+    before = {t.task_id for t in tasks_on_victim()}  # earlier tests' tasks on that node do not count
     t0 = time.monotonic()
     thread, result = _run_in_thread(build)
-    time.sleep(4.0)  # k-means++ seeding and the first iterations: tasks on both nodes
+    deadline = time.monotonic() + 120
+    while len({t.task_id for t in tasks_on_victim()} - before) < 5:  # kill once it ran k-means tasks, mid-run
+        assert thread.is_alive(), f"the graph finished before the victim ran 5 tasks; make it longer: {result}"
+        assert time.monotonic() < deadline, "no k-means task ran on the victim node within 120 s"
+        time.sleep(0.3)
+    killed_after = time.monotonic() - t0
     assert thread.is_alive(), f"the graph finished before the kill; make it longer: {result}"
     cluster.kill_node(victim)
     thread.join(timeout=400)
     took = time.monotonic() - t0
     assert not thread.is_alive() and "error" not in result, result
     assert result["value"].executor == "dask-on-ray"
-    from ray.util.state import list_tasks
-
-    on_victim = [t for t in list_tasks(address=cluster.head.dashboard_url, filters=[("node_id", "=", victim_id)],
-                                       limit=10_000, raise_on_missing_output=False)]
-    assert on_victim, "no k-means task ran on the killed node: the kill tested nothing"
+    on_victim = [t for t in tasks_on_victim() if t.task_id not in before]
     anchors, _, ids, _ = load_graph(out, so)
     assert np.array_equal(anchors, ref.centroids) and len(ids) == 4800
-    print(f"\n[multinode] dask-on-ray k-means: node {victim} lost 4 s into a {took:.1f} s run, "
+    print(f"\n[multinode] dask-on-ray k-means: node {victim} lost {killed_after:.1f} s into a {took:.1f} s run, "
           f"{len(on_victim)} tasks had run there; centroids equal")
     _replace_lost_node(cluster)
