@@ -4,7 +4,8 @@ Each model trains ``--steps`` optimizer steps (after ``--warmup`` untimed ones) 
 the fashion benchmark's features (M = 10 frames, D = 1,280), with the settings of
 ``configs/bench/quality.yaml`` (``bench.method_params``): ConMH / GCMH with their two masked views (GCMH
 also with its neighbour view), DKPH / BTH with their pair of masked clips (the teacher's cost is a BTH
-without the pair). Inputs are in memory, so this measures the model's compute, not data loading (the
+without the pair), MCMSH with its pair plus L_quad's three extra clips. Encoding: ``model.encode`` of the
+same batch (no grad, eval mode). Inputs are in memory, so this measures the model's compute, not data loading (the
 product's loop streams Parquet; its per-epoch ``videos_per_s`` is in each stage's ``metrics.jsonl``).
 
     .venv/bin/python benchmarks/bench_train_throughput.py --threads 2
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vhindex.config import load_config  # noqa: E402
 from vhindex.data import FrameDataset  # noqa: E402
 from vhindex.models import build_model  # noqa: E402
-from vhindex.models.losses import bth_loss, dkph_loss  # noqa: E402
+from vhindex.models.losses import bth_loss, dkph_loss, mcmsh_loss  # noqa: E402
 from vhindex.models.nets import mask_frames  # noqa: E402
 from vhindex.train.contrastive import contrastive_step  # noqa: E402
 
@@ -42,6 +43,9 @@ def _step(name: str, model, net: torch.nn.Module, x: torch.Tensor, gen: torch.Ge
     c = torch.zeros(len(x), params.get("hidden", 256))
     if name == "dkph":
         return dkph_loss(out1, out2, x, x.flip(0), s, c, c)["total"]
+    if name == "mcmsh":  # the pair plus L_quad's neighbour and two non-neighbours: five forward passes
+        quad = {k: net(mask_frames(x.roll(r, 0), gen))["h"] for k, r in (("h_pos", 1), ("h_neg1", 2), ("h_neg2", 3))}
+        return mcmsh_loss(out1, out2, s, c, c, **quad)["total"]
     return bth_loss(out1, out2, x, x.flip(0), s, c, c)["total"]
 
 
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--models", nargs="+", default=["conmh", "gcmh", "dkph", "bth", "mcmsh"])
     p.add_argument("--report", default="benchmarks/results/train_throughput.md")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -62,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch * 2, columns=("video_id", "features"))][:1]).astype(np.float32))[: args.batch]
     m, d = x.shape[1], x.shape[2]
     rows = []
-    for name in ("conmh", "gcmh", "dkph", "bth"):
+    for name in args.models:
         params = {**cfg.bench.method_params.get(name, {}), "num_frames": m, "feature_dim": d}
         torch.manual_seed(0)
         model = build_model(name, args.bits, device="cpu", **params)
@@ -80,8 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t0
         vps = args.steps * len(x) / seconds
         n_params = sum(t.numel() for t in net.parameters())
-        rows.append((name, n_params, vps))
-        print(f"{name:6s} {n_params / 1e6:6.2f} M parameters  {vps:8.1f} training videos/s", flush=True)
+        frames = x.numpy()
+        model.encode(frames)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            model.encode(frames)
+        enc_vps = args.steps * len(x) / (time.perf_counter() - t0)
+        rows.append((name, n_params, vps, enc_vps))
+        print(f"{name:6s} {n_params / 1e6:6.2f} M parameters  {vps:8.1f} training videos/s  {enc_vps:8.1f} encoded "
+              "videos/s", flush=True)
     text = "\n".join([
         f"# Training throughput ({dt.datetime.now().isoformat(timespec='seconds')})", "",
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads; "
@@ -89,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Fashion features (M={m}, D={d}), {args.bits} bits, batch {len(x)}, {args.steps} timed steps after "
         f"{args.warmup} warm-up; models as in `{args.config}` (bench.method_params). GCMH's epoch also rebuilds its "
         "self-distilled graph (one encoding pass + k-means over the training clips), not included here.", "",
-        "| model | parameters | training videos/s |", "|---|---:|---:|",
-        *[f"| {n} | {p / 1e6:.2f} M | {v:,.0f} |" for n, p, v in rows], ""])
+        "| model | parameters | training videos/s | encoding videos/s |", "|---|---:|---:|---:|",
+        *[f"| {n} | {p / 1e6:.2f} M | {v:,.0f} | {e:,.0f} |" for n, p, v, e in rows], ""])
     if args.report:
         Path(args.report).write_text(text)
         print(f"wrote {args.report}")
