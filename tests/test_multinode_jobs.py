@@ -197,7 +197,8 @@ def test_kmeans_on_dask_on_ray_gives_the_same_centroids_after_a_node_is_lost(clu
     x = _clustered(4800, 16, 24, seed=9)
     local = str(tmp_path / "emb")
     _write(local, x, row_group_size=200, rows_per_file=1200)
-    url = s3_server.url("emb")
+    prefix = s3_server.url()  # a fresh prefix: other tests of the session use the same bucket
+    url = f"{prefix}/emb"
     import fsspec
 
     fsspec.filesystem("s3", **so).put(local, url, recursive=True)
@@ -207,7 +208,7 @@ def test_kmeans_on_dask_on_ray_gives_the_same_centroids_after_a_node_is_lost(clu
 
     victim = "node_a" if "node_a" in _live_workers(cluster) else _live_workers(cluster)[0]
     victim_id = cluster.nodes[victim].node_id
-    out = s3_server.url("graph")
+    out = f"{prefix}/graph"
 
     def build():
         with connect("ray") as conn:

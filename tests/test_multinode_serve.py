@@ -68,7 +68,7 @@ def corpus(s3_server, tmp_path_factory):
     with CodesDatasetWriter(str(local), CodesDatasetMeta(bits=BITS, model="itq", model_version="v1"),
                             rows_per_file=1000, row_group_size=250) as w:
         w.write(ids, codes)
-    url = s3_server.url("mn-index")
+    url = f"{s3_server.url()}/mn-index"  # a fresh prefix per session use
     so = s3_server.storage_options
     build_sharded_index(str(local), url, SHARDS, spec=IndexSpec("flat", {}), so=so)
     sh = ShardedIndex.open(url, so)

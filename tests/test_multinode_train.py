@@ -112,7 +112,7 @@ def test_a_lost_training_node_fails_the_job_or_restarts_from_the_s3_checkpoint(c
 
     so = s3_server.storage_options
     fs = fsspec.filesystem("s3", **so)
-    run = s3_server.url("train-run")
+    run = f"{s3_server.url()}/train-run"  # a fresh prefix: the bucket is shared by the session
     root = run.split("://", 1)[1]
     entry = ["python", "jobs/train_dkph.py", "--config", DEMO, f"run.output_dir={run}", "train.backend=ray",
              *SCHEDULE, *_storage_overrides(so)]
