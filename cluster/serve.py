@@ -129,7 +129,11 @@ class IndexShardServer:
         self.updates = updates
         self._log: Any = None
         self._applied: list[Any] = []
-        self._seen: dict[str, int] = {}  # writer -> the last of its batches applied here (pushed or read)
+        # writer -> the batch up to which every one of its batches is applied here: the log's read position
+        # (read_new reads a writer's batches in order; a pushed batch moves it only when it is the next one),
+        # copied after each apply. Not "the highest batch seen": a batch pushed while an earlier one is still
+        # unread (a replica that missed a push while it restarted) must not make a search skip its catch-up.
+        self._seen: dict[str, int] = {}
         self._follower: Any = None
         # Reading the log and applying what was read happen under one lock: read_new() hands each batch to
         # one caller only, so a catch-up racing the follower thread could otherwise find nothing new while
@@ -144,16 +148,13 @@ class IndexShardServer:
             try:
                 with self._log_lock:
                     self._apply(self._log.read_new())
+                    self._seen = self._log.read_through
             except Exception as err:  # noqa: BLE001 -- storage hiccup: try again at the next poll
                 logger.warning("shard %d: reading the update log failed: %s", self.shard_id, err)
 
     def _apply(self, updates: list[Any]) -> int:
         if not updates:
             return 0
-        for u in updates:
-            _, writer, seq = u.stamp
-            if seq > self._seen.get(writer, 0):
-                self._seen[writer] = seq
         self._applied.extend(updates)
         return max((shard.apply(updates) for shard in self.versions.values()), default=0)
 
@@ -166,7 +167,10 @@ class IndexShardServer:
             if updates and self._log is not None:
                 _, writer, seq = updates[0].stamp
                 self._log.mark_read(writer, seq)  # the follower skips it unless an earlier batch is missing
-            return self._apply(updates)
+            changed = self._apply(updates)
+            if self._log is not None:
+                self._seen = self._log.read_through
+            return changed
 
     def _load(self, url: str) -> None:
         sharded = _open_index(url, self.storage_options)
@@ -187,8 +191,9 @@ class IndexShardServer:
             if self._log is None:
                 self._log = UpdateLog(self.updates["log"], self.storage_options, writer="reader",
                                       bits=int(info["bits"]))
-                with self._log_lock:  # replay on start; _apply records each writer's last batch seen
+                with self._log_lock:  # replay on start
                     self._apply(self._log.read_new())
+                    self._seen = self._log.read_through
                 self._stop = threading.Event()
                 self._follower = threading.Thread(target=self._follow_log, daemon=True,
                                                   name=f"shard{self.shard_id}-log")
@@ -238,10 +243,11 @@ class IndexShardServer:
 
         def catch_up() -> None:
             with self._log_lock:  # waits for a follower read in progress to be applied (see __init__)
-                if self._seen.get(writer, 0) < seq:
+                if self._log.read_through.get(writer, 0) < seq:
                     self._apply(self._log.read_new())
-                if self._seen.get(writer, 0) < seq:  # behind a gap of failed writes: list the folders
+                if self._log.read_through.get(writer, 0) < seq:  # behind a gap of failed writes: list the folders
                     self._apply(self._log.read_new(full=True))
+                self._seen = self._log.read_through
 
         try:
             await asyncio.to_thread(catch_up)
