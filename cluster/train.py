@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 #: Stage name -> name of the stage function in :mod:`vhindex.train.recipes` (called in the workers).
 RAY_STAGES = {"teacher": "recipes:train_teacher", "dkph": "recipes:train_student", "bth": "recipes:train_bth",
-              "mcmsh": "recipes:train_mcmsh",
+              "mcmsh": "recipes:train_mcmsh", "nph": "recipes:train_nph",
               "conmh": "contrastive:train_contrastive_student", "gcmh": "contrastive:train_contrastive_student"}
 
 
@@ -155,7 +155,8 @@ def _stage_ckpt_url(cfg: Any, stage: str) -> str:
     if stage in ("conmh", "gcmh"):  # vhindex.train.contrastive: <run>/<model>/student
         return f"{root}/{stage}/student/ckpt"
     return {"teacher": f"{root}/teacher/ckpt", "dkph": f"{root}/student/ckpt",
-            "bth": f"{root}/bth/student/ckpt", "mcmsh": f"{root}/mcmsh/student/ckpt"}[stage]
+            "bth": f"{root}/bth/student/ckpt", "mcmsh": f"{root}/mcmsh/student/ckpt",
+            "nph": f"{root}/nph/student/ckpt"}[stage]
 
 
 def _stage_metrics(cfg: Any, stage: str) -> list[dict[str, Any]]:

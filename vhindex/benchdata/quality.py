@@ -53,8 +53,11 @@ __all__ = [
 ]
 
 SPLITS = ("train", "query", "database")
-LEARNED = ("bth", "dkph", "mcmsh", "conmh", "gcmh")
-TEACHER_STUDENTS = ("bth", "dkph", "mcmsh")  # share one teacher and anchor graph per seed
+LEARNED = ("bth", "dkph", "mcmsh", "nph", "conmh", "gcmh")
+TEACHER_STUDENTS = ("bth", "dkph", "mcmsh", "nph")
+#: methods whose ``method_params`` / ``method_train`` are in a seed folder's tag (those that existed when the
+#: tag was introduced; cached runs keep their folders); later methods hash their settings into the run name
+_TAGGED_METHODS = ("bth", "dkph", "mcmsh", "conmh", "gcmh")  # share one teacher and anchor graph per seed
 Log = Callable[[str], None]
 
 
@@ -270,6 +273,7 @@ class _Runner:
             student_params,
             train_bth,
             train_mcmsh,
+            train_nph,
             train_student,
             train_teacher,
             write_teacher_embeddings,
@@ -277,11 +281,15 @@ class _Runner:
 
         train = FrameDataset.open(urls["train"])
         # one folder per training setting: a changed schedule trains afresh instead of hitting a stale checkpoint
+        # Methods added later (not in _TAGGED_METHODS) are keyed by their own run folder instead, so adding one
+        # (or changing its parameters) does not move the teacher, graph and other methods' runs to a new folder.
         settings = {"train": {**self.cfg.train.model_dump(mode="json"), **getattr(self.b, f"{bench}_train")},
                     "graph": self.cfg.graph.model_dump(mode="json"), "anchors_per_video": self.b.anchors_per_video,
-                    "method_params": self.b.method_params, "method_train": self.b.method_train}
+                    "method_params": {m: p for m, p in self.b.method_params.items() if m in _TAGGED_METHODS},
+                    "method_train": {m: p for m, p in self.b.method_train.items() if m in _TAGGED_METHODS}}
         if bench == "neardup" and self.b.neardup_method_train:  # absent: the tag of the runs made before it existed
-            settings["neardup_method_train"] = self.b.neardup_method_train
+            settings["neardup_method_train"] = {m: p for m, p in self.b.neardup_method_train.items()
+                                                if m in _TAGGED_METHODS}
         tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
         seed_dir = f"{self.work}/{bench}/models/{tag}/seed{seed}"
         graph = None
@@ -299,7 +307,7 @@ class _Runner:
                         uses_feature_graph,
                     )
 
-                    ccfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}",
+                    ccfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{self._run_name(bench, method, bits)}",
                                               urls=learn_urls, ds=train, bits=bits, method=method)
 
                     def fit_contrastive(c: Config = ccfg) -> Any:
@@ -322,14 +330,24 @@ class _Runner:
                         return build_teacher_graph(tcfg, write_teacher_embeddings(tcfg, teacher, datasets["train"]))
 
                     graph = self._timed(f"{bench} train teacher+graph", teacher_graph)
-                vcfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{method}-{bits}", urls=learn_urls,
-                                          ds=train, bits=bits, method=method)
-                trainer = {"bth": train_bth, "dkph": train_student, "mcmsh": train_mcmsh}[method]
+                vcfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{self._run_name(bench, method, bits)}",
+                                          urls=learn_urls, ds=train, bits=bits, method=method)
+                trainer = {"bth": train_bth, "dkph": train_student, "mcmsh": train_mcmsh, "nph": train_nph}[method]
                 model, _ = self._timed(f"{bench} train {method}", lambda t=trainer, c=vcfg, g=graph: t(
                     c, check_datasets(c), graph_url=g, progress=False, validation=validation))
                 prefix = vcfg.run.output_dir + ("" if method == "dkph" else f"/{method}")
                 self._record_selection(bench, method, bits, seed, f"{prefix}/student")
                 yield method, bits, model
+
+    def _run_name(self, bench: str, method: str, bits: int) -> str:
+        """``<method>-<bits>``; for a method outside :data:`_TAGGED_METHODS` also a hash of its parameters and
+        schedule (the seed folder's tag does not cover them), so an ablation trains in a folder of its own."""
+        if method in _TAGGED_METHODS:
+            return f"{method}-{bits}"
+        own = {"params": self.b.method_params.get(method, {}), "train": self.b.method_train.get(method, {})}
+        if bench == "neardup" and method in self.b.neardup_method_train:
+            own["neardup_train"] = self.b.neardup_method_train[method]
+        return f"{method}-{bits}-{hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()[:8]}"
 
     def _record_selection(self, bench: str, method: str, bits: int, seed: int, stage_url: str) -> None:
         """The validation choice a training stage recorded in its marker (best epoch, curve), if any."""

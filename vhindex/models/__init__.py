@@ -4,7 +4,8 @@
 >>> codes = model.encode_packed(frames)                                       # doctest: +SKIP
 
 Learned models (torch): :class:`BTH` (``"bth"``) and :class:`DKPH` (``"dkph"``) in
-:mod:`vhindex.models.learned`, :class:`MCMSH` (``"mcmsh"``) in :mod:`vhindex.models.mixer`, their networks in :mod:`vhindex.models.nets` and losses in
+:mod:`vhindex.models.learned`, :class:`MCMSH` (``"mcmsh"``) in :mod:`vhindex.models.mixer`, :class:`NPH` (``"nph"``) in
+:mod:`vhindex.models.nph`, their networks in :mod:`vhindex.models.nets` and losses in
 :mod:`vhindex.models.losses`. Later models subclass :class:`HashModel` and register with
 :func:`register_model`.
 """
@@ -28,6 +29,7 @@ from vhindex.models.baselines import ITQ, LSH, PCASign, quantization_loss, rando
 from vhindex.models.contrastive import GCMH, ConMH  # noqa: E402,I001  (after the base models)
 from vhindex.models.learned import BTH, DKPH
 from vhindex.models.mixer import MCMSH  # noqa: E402,I001  (after the torch models it builds on)
+from vhindex.models.nph import NPH  # noqa: E402,I001
 
 __all__ = [
     "BTH",
@@ -38,6 +40,7 @@ __all__ = [
     "LSH",
     "MCMSH",
     "MODEL_REGISTRY",
+    "NPH",
     "BatchSource",
     "FrameShape",
     "HashModel",

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["balance_loss", "bth_loss", "conmh_loss", "dcl_loss", "decorrelation_loss", "dkph_loss", "gcmh_loss",
-           "mcmsh_loss", "recon_loss", "teacher_loss"]
+           "mcmsh_loss", "nph_loss", "recon_loss", "teacher_loss"]
 
 
 def recon_loss(recon: Tensor, target: Tensor) -> Tensor:
@@ -267,4 +267,50 @@ def mcmsh_loss(
         quad = per_item.sum() / b
         total = total + w_quad * quad
         out["quad"] = quad
+    return {"total": total, **out}
+
+
+def nph_loss(
+    out1: dict[str, Tensor], out2: dict[str, Tensor], frames1: Tensor, frames2: Tensor, *, w_s: float = 0.1,
+    w_vr: float = 0.8, w_nr: float = 0.1, use_ls: bool = True, use_nr: bool = True,
+) -> dict[str, Tensor]:
+    """NPH's loss ``0.1 L_s + 0.8 L_vr + 0.1 L_nr`` (paper eq. 12, its weights) over a step's ``2B`` videos.
+
+    With ``T`` the relaxed codes ``t`` of the ``N = 2B`` videos (``out1`` then ``out2``), ``Bc`` their codes,
+    ``K`` bits and ``S`` in {-1, +1} from shared nearest anchors
+    (:func:`vhindex.models.nph.shared_anchor_similarity` of ``anchor_ids``):
+
+    * ``L_s = (1/N^2) sum_ij (S_ij - <t_i, t_j>/K)^2 + (1/(K N)) sum_i ||b_i - t_i||^2`` (eq. 15);
+    * ``L_vr = (1/(D M N)) sum ||v - v~||^2`` (eq. 16, both halves' frames);
+    * ``L_nr = (1/(b N)) sum ||n - n~||^2`` (eq. 17; only with neighbourhood attention).
+
+    Args:
+        out1: :class:`~vhindex.models.nph.NPHNet` output of the first videos.
+        out2: the same for their graph partners.
+        frames1: ``(B, M, D)`` input frames of the first videos (reconstruction targets).
+        frames2: the partners' frames.
+        w_s: weight of L_s.
+        w_vr: weight of L_vr.
+        w_nr: weight of L_nr.
+        use_ls: include L_s (ablation switch).
+        use_nr: include L_nr (ablation switch; ignored when the outputs carry no ``n``).
+    """
+    from vhindex.models.nph import shared_anchor_similarity
+
+    t = torch.cat([out1["t"], out2["t"]])
+    codes = torch.cat([out1["b"], out2["b"]])
+    n, k = t.shape
+    vr = recon_loss(torch.cat([out1["recon"], out2["recon"]]), torch.cat([frames1, frames2]))
+    out = {"vr": vr}
+    total = w_vr * vr
+    if use_ls:
+        ids = torch.cat([out1["anchor_ids"], out2["anchor_ids"]])
+        s = shared_anchor_similarity(ids, ids).to(t.dtype)
+        ls = ((s - t @ t.T / k) ** 2).mean() + ((codes - t) ** 2).sum() / (k * n)
+        out["s"] = ls
+        total = total + w_s * ls
+    if use_nr and "n" in out1:
+        nr = F.mse_loss(torch.cat([out1["n_rec"], out2["n_rec"]]), torch.cat([out1["n"], out2["n"]]))
+        out["nr"] = nr
+        total = total + w_nr * nr
     return {"total": total, **out}

@@ -299,8 +299,8 @@ def _encode_and_report(cfg: Config, model, datasets: dict[str, FrameDataset], pr
 ARCH_PARAMS = ("num_frames", "feature_dim", "hidden", "layers", "heads", "ffn", "dropout")
 #: the students the recipes train (``model.name``): BTH / DKPH here (teacher -> graph -> student), the
 #: masked contrastive models in :mod:`vhindex.train.contrastive`
-STUDENTS = ("dkph", "bth", "mcmsh", "conmh", "gcmh")
-TEACHER_STUDENTS = ("dkph", "bth", "mcmsh")
+STUDENTS = ("dkph", "bth", "mcmsh", "nph", "conmh", "gcmh")
+TEACHER_STUDENTS = ("dkph", "bth", "mcmsh", "nph")
 
 
 def student_params(cfg: Config, kind: str | None = None) -> dict[str, Any]:

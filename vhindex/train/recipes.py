@@ -46,9 +46,10 @@ from vhindex.data import (
 )
 from vhindex.graph.stage import ExecutorFactory
 from vhindex.models.learned import BTH, DKPH, resolve_device
-from vhindex.models.losses import bth_loss, dkph_loss, mcmsh_loss, teacher_loss
+from vhindex.models.losses import bth_loss, dkph_loss, mcmsh_loss, nph_loss, teacher_loss
 from vhindex.models.mixer import MCMSH
 from vhindex.models.nets import mask_frames
+from vhindex.models.nph import NPH
 from vhindex.train.common import (
     ARCH_PARAMS,
     STUDENTS,
@@ -82,6 +83,7 @@ __all__ = [
     "run_recipe",
     "train_bth",
     "train_mcmsh",
+    "train_nph",
     "train_student",
     "train_teacher",
     "write_teacher_embeddings",
@@ -91,6 +93,14 @@ logger = logging.getLogger(__name__)
 
 #: MCMSH's own switches (besides the shared architecture), recorded in its stage marker
 MCMSH_FLAGS = ("mlp_dropout", "expansion", "gates", "r_token", "r_channel", "use_quad")
+#: NPH's own switches (``num_anchors`` comes from the graph, not from ``model.params``)
+NPH_FLAGS = ("neighbours", "memory", "lstm_hidden", "key_dim", "nph_dropout", "attention", "use_ls", "use_nr")
+
+
+def teacher_url_for(graph_url: str) -> str:
+    """The teacher whose embeddings a graph was built from: ``<root>/teacher/model`` beside ``<root>/graph``
+    (the layout :func:`run_recipe` and the benchmark runner write)."""
+    return f"{graph_url.rstrip('/').rsplit('/', 1)[0]}/teacher/model"
 
 
 def _student_prefix(cfg: Config, kind: str) -> str:
@@ -243,21 +253,36 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
     elif kind == "mcmsh":
         flags = {k: params[k] for k in MCMSH_FLAGS}
         flags["gates"] = list(flags["gates"])
+    elif kind == "nph":
+        flags = {k: params[k] for k in NPH_FLAGS}
     weights = {"gamma1": t.gamma1, "gamma2": t.gamma2} if kind == "dkph" else {}
     bits = cfg.model.bits
     inputs = {"stage": kind, **_arch(cfg, bits), **flags, **weights, "epochs": t.epochs, "seed": cfg.run.seed,
               "graph": graph_fp, "mask_prob": t.mask_prob, "batch_size": t.batch_size,
               "lr": [t.lr, t.lr_decay, t.lr_decay_every, t.lr_min], "shuffle_buffer": t.shuffle_buffer,
               "pair_backend": t.pair_backend}
+    teacher = None
+    if kind == "nph":  # NPH carries the frozen teacher and the anchors: encoding a video needs its neighbourhood
+        teacher_url = teacher_url_for(graph_url)
+        try:
+            teacher = BTH.load(teacher_url, so)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"nph: no teacher at {teacher_url} (the graph at {graph_url} must sit beside "
+                                    "the teacher/ folder it was built from; run the recipe's teacher stage)") from err
+        inputs["teacher"] = teacher.version()
     if validation is not None:  # the saved model is the best validation epoch's (absent otherwise: old markers match)
         inputs["select"] = {"on": "val_map@20", "query": validation[0].url, "database": validation[1].url}
     device = resolve_device(t.device)
-    cls = {"dkph": DKPH, "bth": BTH, "mcmsh": MCMSH}[kind]
+    cls = {"dkph": DKPH, "bth": BTH, "mcmsh": MCMSH, "nph": NPH}[kind]
     if _stage_done(stage, so, inputs):
         return cls.load(model_url, so).to(device), None, model_url  # type: ignore[return-value]
     _check_resumable(stage, so, inputs)
     torch.manual_seed(cfg.run.seed)
-    model = cls(device=device, **_arch(cfg, bits), **flags)
+    if kind == "nph":
+        model = NPH(device=device, **_arch(cfg, bits), **flags, num_anchors=int(anchors_np.shape[0]))
+        model.attach_neighbourhood(teacher.get_weights(), anchors_np)  # type: ignore[union-attr]
+    else:
+        model = cls(device=device, **_arch(cfg, bits), **flags)
     anchors = _tensor(anchors_np, device)
     partners_src = PartnerFrames(train, t.partner_cache_bytes)
     stream = _TrainStream(train, t.batch_size, cfg.run.seed, t.shuffle_buffer)
@@ -271,6 +296,8 @@ def _train_pairs(cfg: Config, kind: str, datasets: dict[str, FrameDataset], grap
         partners, s = batch.sampler.sample(batch.positions)
         f1 = _tensor(batch.frames, device)
         f2 = _tensor(partners_src.get(partners), device)
+        if kind == "nph":  # no frame masking in NPH; S comes from the nearest anchors the net computes
+            return nph_loss(net(f1), net(f2), f1, f2, **model.loss_kwargs())
         out1 = net(mask_frames(f1, gen, t.mask_prob))
         out2 = net(mask_frames(f2, gen, t.mask_prob))
         c1 = anchors[torch.from_numpy(nearest[batch.positions]).to(device)]
@@ -336,6 +363,21 @@ def train_mcmsh(cfg: Config, datasets: dict[str, FrameDataset] | None = None, gr
     """
     datasets = datasets or check_datasets(cfg)
     model, result, _ = _train_pairs(cfg, "mcmsh", datasets, graph_url or f"{_root(cfg)}/graph", progress=progress,
+                                    validation=validation, **loop_kwargs)
+    return model, result  # type: ignore[return-value]
+
+
+def train_nph(cfg: Config, datasets: dict[str, FrameDataset] | None = None, graph_url: str | None = None, *,
+              progress: bool = True, validation: tuple[FrameDataset, FrameDataset] | None = None,
+              **loop_kwargs: Any) -> tuple[NPH, TrainResult | None]:
+    """Train NPH (nph_loss; the teacher beside the graph and the graph's anchors are frozen into the model);
+    save to ``<run>/nph/model``.
+
+    Returns:
+        ``(NPH model, TrainResult or None when skipped)``.
+    """
+    datasets = datasets or check_datasets(cfg)
+    model, result, _ = _train_pairs(cfg, "nph", datasets, graph_url or f"{_root(cfg)}/graph", progress=progress,
                                     validation=validation, **loop_kwargs)
     return model, result  # type: ignore[return-value]
 
