@@ -65,7 +65,8 @@ logger = logging.getLogger(__name__)
 #: Stage name -> name of the stage function in :mod:`vhindex.train.recipes` (called in the workers).
 RAY_STAGES = {"teacher": "recipes:train_teacher", "dkph": "recipes:train_student", "bth": "recipes:train_bth",
               "mcmsh": "recipes:train_mcmsh", "nph": "recipes:train_nph",
-              "conmh": "contrastive:train_contrastive_student", "gcmh": "contrastive:train_contrastive_student"}
+              "conmh": "contrastive:train_contrastive_student", "gcmh": "contrastive:train_contrastive_student",
+              "dvhcm": "supervised:train_dvhcm"}
 
 
 @dataclasses.dataclass
@@ -152,7 +153,7 @@ def ray_storage(cfg: Any) -> tuple[str, Any]:
 
 def _stage_ckpt_url(cfg: Any, stage: str) -> str:
     root = cfg.run.output_dir.rstrip("/")
-    if stage in ("conmh", "gcmh"):  # vhindex.train.contrastive: <run>/<model>/student
+    if stage in ("conmh", "gcmh", "dvhcm"):  # contrastive / supervised: <run>/<model>/student
         return f"{root}/{stage}/student/ckpt"
     return {"teacher": f"{root}/teacher/ckpt", "dkph": f"{root}/student/ckpt",
             "bth": f"{root}/bth/student/ckpt", "mcmsh": f"{root}/mcmsh/student/ckpt",
@@ -392,7 +393,7 @@ def run_recipe_on_ray(cfg: Any, *, model: str | None = None, progress: bool = Tr
     ray_storage(cfg)  # refuse memory:// before anything runs
     t0 = time.perf_counter()
     datasets = recipes.check_datasets(cfg, out)
-    if kind not in recipes.TEACHER_STUDENTS:  # ConMH / GCMH: one training stage on Ray, the rest here
+    if kind not in recipes.TEACHER_STUDENTS:  # ConMH / GCMH / DVHCM: one training stage on Ray, the rest here
         from vhindex.train import contrastive
 
         if kind == "gcmh" and contrastive.uses_feature_graph(recipes.student_params(cfg)):

@@ -269,7 +269,10 @@ TINY_GCMH = ["model.name=gcmh", "model.bits=16",
 TINY_MCMSH = ["model.name=mcmsh", "model.bits=16", "train.batch_size=32", "train.lr=1.0e-3", "train.backend=local"]
 TINY_NPH = ["model.name=nph", "model.bits=16", "model.params.memory=32", "model.params.lstm_hidden=32",
             "model.params.key_dim=32", "train.batch_size=32", "train.lr=1.0e-3", "train.backend=local"]
+TINY_DVHCM = ["model.name=dvhcm", "model.bits=16", "model.params={num_frames: 8, feature_dim: 64, num_classes: 8, hidden: 32}",
+              "train.batch_size=32", "train.lr=1.0e-2", "train.backend=local"]
 NEW_MODELS = {  # model -> (its settings, the loss terms its metrics must carry)
+    "dvhcm": (TINY_DVHCM, {"loss_ce", "loss_intra"}),
     "nph": (TINY_NPH, {"loss_s", "loss_vr", "loss_nr"}),
     "gcmh": (TINY_GCMH, {"loss_recon", "loss_contrast", "loss_neighbour", "loss_balance", "loss_decorrelation"}),
     "mcmsh": (TINY_MCMSH, {"loss_cluster", "loss_sim", "loss_q", "loss_quad"}),

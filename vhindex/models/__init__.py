@@ -5,7 +5,7 @@
 
 Learned models (torch): :class:`BTH` (``"bth"``) and :class:`DKPH` (``"dkph"``) in
 :mod:`vhindex.models.learned`, :class:`MCMSH` (``"mcmsh"``) in :mod:`vhindex.models.mixer`, :class:`NPH` (``"nph"``) in
-:mod:`vhindex.models.nph`, their networks in :mod:`vhindex.models.nets` and losses in
+:mod:`vhindex.models.nph`, :class:`DVHCM` (``"dvhcm"``, supervised) in :mod:`vhindex.models.dvhcm`, their networks in :mod:`vhindex.models.nets` and losses in
 :mod:`vhindex.models.losses`. Later models subclass :class:`HashModel` and register with
 :func:`register_model`.
 """
@@ -30,11 +30,13 @@ from vhindex.models.contrastive import GCMH, ConMH  # noqa: E402,I001  (after th
 from vhindex.models.learned import BTH, DKPH
 from vhindex.models.mixer import MCMSH  # noqa: E402,I001  (after the torch models it builds on)
 from vhindex.models.nph import NPH  # noqa: E402,I001
+from vhindex.models.dvhcm import DVHCM  # noqa: E402,I001
 
 __all__ = [
     "BTH",
     "ConMH",
     "DKPH",
+    "DVHCM",
     "GCMH",
     "ITQ",
     "LSH",

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["balance_loss", "bth_loss", "conmh_loss", "dcl_loss", "decorrelation_loss", "dkph_loss", "gcmh_loss",
+__all__ = ["balance_loss", "bth_loss", "conmh_loss", "dcl_loss", "decorrelation_loss", "dkph_loss", "dvhcm_loss", "gcmh_loss",
            "mcmsh_loss", "nph_loss", "recon_loss", "teacher_loss"]
 
 
@@ -314,3 +314,30 @@ def nph_loss(
         out["nr"] = nr
         total = total + w_nr * nr
     return {"total": total, **out}
+
+
+def dvhcm_loss(out1: dict[str, Tensor], out2: dict[str, Tensor], targets: Tensor, *, margin: float,
+               alpha: float = 1.0, beta: float = 1.0) -> dict[str, Tensor]:
+    """DVHCM's ``alpha * CE + beta * intra`` (eq. 2-4) over ``B`` intra-pairs (two frame sets of one video).
+
+    * ``ce = (1/2B') sum over both frame sets and the B' labelled videos of -sum_c y_c log softmax(logits)_c``,
+      with ``y`` the video's label distribution (a multi-hot row divided by its count); an unlabelled video
+      (a zero row, e.g. a distractor clip) adds nothing to it but still to ``intra``;
+    * ``intra = (1/B) sum_i max(||ip_1 - ip_2||^2 - margin, 0)`` on the sigmoid outputs.
+
+    Args:
+        out1: :class:`~vhindex.models.dvhcm.DVHCMNet` output (``ip``, ``logits``) of the first frame sets.
+        out2: the same for the second frame sets (the same videos).
+        targets: ``(B, C)`` label distributions (rows sum to 1, or 0 for an unlabelled video).
+        margin: the hinge margin ``M``.
+        alpha: weight of the classification loss.
+        beta: weight of the intra-pair loss.
+    """
+    if targets.shape != out1["logits"].shape:
+        raise ValueError(f"dvhcm_loss: targets {tuple(targets.shape)} vs logits {tuple(out1['logits'].shape)}")
+    y = targets.to(out1["logits"].dtype)
+    labelled = (y.sum(dim=1) > 0).sum().clamp(min=1)
+    ce = -0.5 * ((y * F.log_softmax(out1["logits"], dim=1)).sum() + (y * F.log_softmax(out2["logits"], dim=1)).sum()) \
+        / labelled
+    intra = F.relu(((out1["ip"] - out2["ip"]) ** 2).sum(dim=1) - margin).mean()
+    return {"total": alpha * ce + beta * intra, "ce": ce, "intra": intra}

@@ -299,7 +299,7 @@ def _encode_and_report(cfg: Config, model, datasets: dict[str, FrameDataset], pr
 ARCH_PARAMS = ("num_frames", "feature_dim", "hidden", "layers", "heads", "ffn", "dropout")
 #: the students the recipes train (``model.name``): BTH / DKPH here (teacher -> graph -> student), the
 #: masked contrastive models in :mod:`vhindex.train.contrastive`
-STUDENTS = ("dkph", "bth", "mcmsh", "nph", "conmh", "gcmh")
+STUDENTS = ("dkph", "bth", "mcmsh", "nph", "conmh", "gcmh", "dvhcm")
 TEACHER_STUDENTS = ("dkph", "bth", "mcmsh", "nph")
 
 

@@ -424,11 +424,14 @@ def run_recipe(cfg: Config, *, model: str | None = None, graph_executor: Executo
     if kind not in STUDENTS:
         raise ValueError(f"model.name: unknown student {kind!r}; choose one of {list(STUDENTS)}")
     datasets = check_datasets(cfg, out)
-    if kind not in TEACHER_STUDENTS:  # ConMH / GCMH: single stage, no teacher
+    if kind not in TEACHER_STUDENTS:  # ConMH / GCMH / DVHCM: single stage, no teacher
         from vhindex.train.contrastive import run_contrastive_recipe
+        from vhindex.train.supervised import SUPERVISED, run_supervised_recipe
 
         if kind != cfg.model.name:
             raise ValueError(f"run_recipe(model={kind!r}) with model.name={cfg.model.name!r}: set model.name={kind}")
+        if kind in SUPERVISED:
+            return run_supervised_recipe(cfg, datasets, progress=progress)
         return run_contrastive_recipe(cfg, datasets, graph_executor=graph_executor, progress=progress)
     t0 = time.perf_counter()
     stages: dict[str, str] = {}
