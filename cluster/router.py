@@ -262,23 +262,34 @@ class QueryResolver:
         encoder_info: ``async () -> {"num_frames", "feature_dim"}`` of the service's model; None: no model.
         encode: ``async ((n, M, D) float32) -> (n, bits/8) packed codes``; None: no model.
         has_mask_table: whether queries may name a ``category``.
+        classify: ``async ((n, M, D) float32) -> (n,) categories`` of a model with a classifier (DVHCM); with a
+            mask table, a feature query without a ``category`` is searched under its predicted category's mask
+            (the paper's retrieval). Used only when ``encoder_info`` says ``"classifies": true``.
     """
 
     def __init__(self, reconstruct: Callable[[list[str]], Awaitable[list[Any]]],
                  encoder_info: Callable[[], Awaitable[dict[str, Any]]] | None = None,
                  encode: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None,
-                 has_mask_table: bool = False) -> None:
+                 has_mask_table: bool = False,
+                 classify: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None) -> None:
         self.reconstruct, self.encoder_info, self.encode = reconstruct, encoder_info, encode
-        self.has_mask_table = has_mask_table
+        self.has_mask_table, self.classify = has_mask_table, classify
         self._shape: tuple[int, int] | None = None
+        self._classifies = False
 
     async def codes(self, queries: list[Query], bits: int) -> np.ndarray:
         """Packed codes of ``queries`` in order. Raises :class:`RequestError` (400 / 404) naming the query."""
+        return (await self.resolve(queries, bits))[0]
+
+    async def resolve(self, queries: list[Query], bits: int) -> tuple[np.ndarray, list[int | None]]:
+        """Packed codes of ``queries`` and the category each is searched under (its own, the model's prediction
+        for a feature query when the service has a mask table and a classifying model, else None)."""
         from vhindex.index.codes import hex_to_code
 
         out = np.zeros((len(queries), bits // 8), dtype=np.uint8)
         by_id = [(i, q.video_id) for i, q in enumerate(queries) if q.video_id is not None]
         by_feat = [(i, q.features) for i, q in enumerate(queries) if q.features is not None]
+        categories: list[int | None] = [q.category for q in queries]
         for i, q in enumerate(queries):
             if q.code is not None:
                 try:
@@ -309,6 +320,7 @@ class QueryResolver:
             if self._shape is None:
                 info = await self.encoder_info()
                 self._shape = (int(info["num_frames"]), int(info["feature_dim"]))
+                self._classifies = bool(info.get("classifies")) and self.classify is not None
             m, d = self._shape
             arrays = []
             for i, feats in by_feat:
@@ -324,10 +336,16 @@ class QueryResolver:
                 if not np.isfinite(arr).all():
                     raise RequestError(400, f"queries[{i}].features: NaN or Inf values")
                 arrays.append(arr)
-            codes = await self.encode(np.stack(arrays))
+            stacked = np.stack(arrays)
+            codes = await self.encode(stacked)
             for (i, _), code in zip(by_feat, codes, strict=True):
                 out[i] = code
-        return out
+            unlabelled = [j for j, (i, _) in enumerate(by_feat) if queries[i].category is None]
+            if unlabelled and self.has_mask_table and self._classifies:
+                predicted = await self.classify(stacked[unlabelled])  # type: ignore[misc]
+                for j, cat in zip(unlabelled, predicted, strict=True):
+                    categories[by_feat[j][0]] = int(cat)
+        return out, categories
 
 
 # ------------------------------------------------------------------------------------ fan-out + merge

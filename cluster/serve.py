@@ -378,13 +378,25 @@ class EncoderServer:
         self.shape = (self.model.num_frames, self.model.feature_dim)
 
     def info(self) -> dict[str, Any]:
-        """Model name, bits, version and the frame shape queries must have."""
+        """Model name, bits, version, the frame shape queries must have, and whether it classifies (DVHCM)."""
         return {"name": self.model.name, "bits": self.model.bits, "version": self.model.version(),
-                "num_frames": self.shape[0], "feature_dim": self.shape[1]}
+                "num_frames": self.shape[0], "feature_dim": self.shape[1],
+                "classifies": callable(getattr(self.model, "classify", None))}
 
     async def encode(self, features: np.ndarray) -> np.ndarray:
         """``(n, M, D)`` float32 -> packed codes ``(n, bits/8)``."""
         return await asyncio.to_thread(self.model.encode_packed, features)
+
+    async def classify(self, features: np.ndarray) -> np.ndarray:
+        """``(n, M, D)`` float32 -> the model's predicted categories ``(n,)`` (a classifying model only).
+
+        Raises:
+            LookupError: the model has no classifier.
+        """
+        fn = getattr(self.model, "classify", None)
+        if not callable(fn):
+            raise LookupError(f"model {self.model.name} has no classifier")
+        return await asyncio.to_thread(fn, features)
 
 
 class VideoEncoderServer:
@@ -625,7 +637,8 @@ class Router:
             self._reconstruct,
             encoder_info=None if encoder is None else (lambda: self.encoder.info.remote()),
             encode=None if encoder is None else (lambda frames: self.encoder.encode.remote(frames)),
-            has_mask_table=bool(settings.mask_table))
+            has_mask_table=bool(settings.mask_table),
+            classify=None if encoder is None else (lambda frames: self.encoder.classify.remote(frames)))
         self.fanout = FanOut(self._search_shard, len(shards))
         # shard searches by transport (direct data plane or Serve handle)
         self.transport = {"direct_calls": 0, "handle_calls": 0, "direct_failures": 0}
@@ -848,16 +861,18 @@ class Router:
         k = self.gate.check_k(req.k)
         if req.level == "frame":
             return await self._search_frames(req, k, t0)
-        packed = await self.resolver.codes([req], self.bits)
-        item = (packed[0].tobytes(), k, req.category)
+        packed, categories = await self.resolver.resolve([req], self.bits)
+        item = (packed[0].tobytes(), k, categories[0])
         adaptive = self.settings.batching == "adaptive"
         out = await (self._adaptive.submit(item) if adaptive else self._search_batched(item))
         if isinstance(out, RequestError):
             raise out
         dist, ids, missing, version = out
-        return JSONResponse({"results": hits(dist, ids), "k": k, "partial": bool(missing),
-                             "missing_shards": missing, "index_version": version,
-                             "took_ms": round(1000 * (time.perf_counter() - t0), 3)})
+        body = {"results": hits(dist, ids), "k": k, "partial": bool(missing), "missing_shards": missing,
+                "index_version": version, "took_ms": round(1000 * (time.perf_counter() - t0), 3)}
+        if categories[0] is not None:
+            body["category"] = categories[0]  # the mask the search used (the query's own or the model's prediction)
+        return JSONResponse(body)
 
     @app.post("/search/batch", responses=_error_responses(400, 401, 404, 413, 422, 503),
               openapi_extra=_json_body(BatchRequest))
@@ -869,8 +884,7 @@ class Router:
         self.gate.check_batch(len(req.queries))
         if any(q.level == "frame" for q in req.queries):
             raise RequestError(400, "level 'frame' is searched one query at a time (POST /search)")
-        packed = await self.resolver.codes(req.queries, self.bits)
-        cats = [q.category for q in req.queries]
+        packed, cats = await self.resolver.resolve(req.queries, self.bits)
         if all(c is None for c in cats):
             res = await self.fanout(packed, k, None, self.version, self.bits)
         elif all(c is not None for c in cats):
@@ -1159,6 +1173,12 @@ def build_app(args: dict[str, Any]) -> Any:
     settings = ServeSection.model_validate(args)
     if not settings.index:
         raise ValueError("serve.index: required (URL of a sharded index; jobs/build_index.py writes one)")
+    if not settings.mask_table:  # the table `build-index --model` attached to the index (a DVHCM model's)
+        from vhindex.index.mask import attached_mask_table
+
+        attached = attached_mask_table(settings.index, settings.storage_options or None)
+        if attached:
+            settings = settings.model_copy(update={"mask_table": attached})
     info = _open_index(settings.index, settings.storage_options or None).info()
     user_config = {"index": settings.index}
     so = settings.storage_options or None

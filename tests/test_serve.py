@@ -448,3 +448,60 @@ def test_feature_queries_are_encoded_by_the_served_model(ray_serve, tmp_path):
 
     with pytest.raises(ValueError, match="did not make the indexed codes"):
         build_app(_settings(str(tmp_path / "index"), ray_serve, model=str(tmp_path / "other")).model_dump())
+
+
+def test_a_dvhcm_index_searches_under_the_learned_mask_end_to_end(ray_serve, tmp_path):
+    """`vhindex build-index --model <dvhcm>` attaches the model's category masks; the service then searches a
+    feature query under its *predicted* category's mask (the paper's retrieval), an explicit category under
+    that category's, and a code query without category by plain Hamming -- each equal to a numpy oracle."""
+    import torch
+
+    from vhindex.app.cli import main as cli_main
+    from vhindex.index.mask import MaskTable
+    from vhindex.models import build_model, load_model
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(12)
+    frames = rng.standard_normal((500, 4, 16)).astype(np.float32)
+    build_model("dvhcm", BITS, num_frames=4, feature_dim=16, num_classes=6, hidden=16, mask_ratio=0.5).save(
+        str(tmp_path / "model"))
+    model = load_model(str(tmp_path / "model"))
+    ids = [f"d{i:04d}" for i in range(len(frames))]
+    packed = model.encode_packed(frames)
+    with CodesDatasetWriter(str(tmp_path / "codes"), CodesDatasetMeta(bits=BITS, model="dvhcm",
+                                                                      model_version=model.version()),
+                            row_group_size=100) as w:
+        w.write(ids, packed)
+    assert cli_main(["build-index", "--codes", str(tmp_path / "codes"), "--out", str(tmp_path / "index"),
+                     "--shards", "2", "--model", str(tmp_path / "model")]) == 0
+    attached = MaskTable.load(str(tmp_path / "index" / "masks.npy"))
+    assert attached == model.category_masks() and attached.kept_bits().tolist() == [BITS // 2] * 6
+    base = _deploy(_settings(str(tmp_path / "index"), ray_serve, model=str(tmp_path / "model")))  # no mask_table
+
+    def oracle(query_code: np.ndarray, category: int | None, k: int = 10):
+        bits_q = np.unpackbits(query_code)
+        diff = np.unpackbits(packed, axis=1) != bits_q
+        if category is not None:
+            diff &= np.unpackbits(attached.masks[category]).astype(bool)
+        dist = diff.sum(axis=1)
+        order = np.argsort(dist, kind="stable")
+        return dist, np.sort(dist)[:k], order
+
+    for row in (3, 77, 250):
+        query = frames[row] + 0.1 * rng.standard_normal(frames[row].shape).astype(np.float32)
+        code = model.encode_packed(query[None])[0]
+        predicted = int(model.classify(query[None])[0])
+        auto = requests.post(base + "/search", json={"features": query.tolist(), "k": 10}, timeout=60)
+        assert auto.status_code == 200, auto.text
+        assert auto.json()["category"] == predicted
+        dist, want, _ = oracle(code, predicted)
+        got = auto.json()["results"]
+        assert [h["distance"] for h in got] == want.tolist()
+        assert all(dist[ids.index(h["video_id"])] == h["distance"] for h in got)
+        other = (predicted + 1) % 6
+        explicit = requests.post(base + "/search", json={"features": query.tolist(), "k": 10, "category": other},
+                                 timeout=60).json()
+        assert explicit["category"] == other
+        assert [h["distance"] for h in explicit["results"]] == oracle(code, other)[1].tolist()
+        plain = requests.post(base + "/search", json={"code": code_to_hex(code), "k": 10}, timeout=60).json()
+        assert "category" not in plain and [h["distance"] for h in plain["results"]] == oracle(code, None)[1].tolist()

@@ -149,6 +149,11 @@ class IndexSection(_Section):
     codes: str | None = Field(None, description="Codes dataset to index (fsspec URL).")
     out: str | None = Field(None, description="Sharded index folder to write (fsspec URL).")
     num_shards: int = Field(1, gt=0, description="Balanced shards (one Serve deployment each).")
+    model: str | None = Field(None, description="The model that made the codes (URL); a DVHCM model's category-mask "
+                                                "table is attached to the index (<out>/masks.npy), which the service "
+                                                "then uses for `category` queries.")
+    mask_ratio: float | None = Field(None, gt=0, le=1, description="Category-mask ratio for the attached table "
+                                                                   "(None: the model's mask_ratio).")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for codes and out "
                                                                             "(default: run.storage_options).")
 

@@ -161,7 +161,8 @@ def cmd_index_sharded(args: argparse.Namespace) -> int:
                                                 f"needs --frames, --model and --out, not --codes (missing: {missing})")])
         args.shards = args.shards or 1
         return cmd_index_frames(args)
-    flags = {"codes": "codes", "out": "out", "shards": "num_shards", "type": "type"}
+    flags = {"codes": "codes", "out": "out", "shards": "num_shards", "type": "type", "model": "model",
+             "mask_ratio": "mask_ratio"}
     cfg = load_config(args.config, [*args.overrides, *_pipeline_overrides(args, "index", flags)])
     ix = cfg.index
     for key in ("codes", "out"):
@@ -172,8 +173,38 @@ def cmd_index_sharded(args: argparse.Namespace) -> int:
     from vhindex.index.sharded import ShardedIndex
 
     info = ShardedIndex.open(ix.out, ix.storage_options or None).info()
+    mask_url = attach_model_masks(ix, int(info["bits"]))
+    if mask_url:
+        info["mask_table"] = mask_url
     print(json.dumps(info, default=str, sort_keys=True))
     return 0
+
+
+def attach_model_masks(ix, bits: int) -> str | None:  # noqa: ANN001 (an IndexSection)
+    """``index.model`` of a classifying model (DVHCM): attach its category-mask table to the index at ``index.out``
+    (``index.mask_ratio`` or the model's ratio); the service then uses it without ``serve.mask_table``.
+
+    Raises:
+        ConfigError: ``index.mask_ratio`` without a classifying ``index.model``, or a model of other bits.
+    """
+    if not ix.model:
+        if ix.mask_ratio is not None:
+            raise ConfigError("command line", [("index.mask_ratio", "needs index.model (--model) of a DVHCM model")])
+        return None
+    from vhindex.index.mask import attach_mask_table
+    from vhindex.models import load_model
+
+    so = ix.storage_options or None
+    model = load_model(ix.model, so)
+    if model.bits != bits:
+        raise ConfigError("command line", [("index.model", f"{ix.model} makes {model.bits}-bit codes; the index holds "
+                                                           f"{bits}-bit codes")])
+    if not callable(getattr(model, "category_masks", None)):
+        if ix.mask_ratio is not None:
+            raise ConfigError("command line", [("index.mask_ratio", f"model {model.name} has no category masks "
+                                                                    "(only DVHCM learns them)")])
+        return None
+    return attach_mask_table(ix.out, model.category_masks(ix.mask_ratio), bits, so)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -505,12 +536,20 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--shards", type=int, help="number of balanced shards")
         c.add_argument("--type", choices=["flat", "hnsw", "ivf", "multihash", "gpu_flat"])
         c.add_argument("--storage-options", help="fsspec options as JSON")
+        c.add_argument("--mask-ratio", type=float, dest="mask_ratio",
+                       help="with --model of a classifying model (DVHCM): the category-mask ratio (default: the "
+                            "model's mask_ratio)")
         if name == "build-index":
             c.add_argument("--level", choices=["video", "frame"], default="video",
                            help="frame: a frame-level index from --frames and --model (`vhindex index frames`)")
             c.add_argument("--frames", help="--level frame: frame-feature dataset URL")
-            c.add_argument("--model", help="--level frame: frame model URL (fitted with M = 1)")
+            c.add_argument("--model", help="--level frame: frame model URL (fitted with M = 1); --level video: the "
+                                           "model that made the codes -- a DVHCM model's category masks are attached "
+                                           "to the index")
             c.add_argument("--overwrite", action="store_true", help="--level frame: replace an index at --out")
+        else:
+            c.add_argument("--model", help="the model that made the codes (a DVHCM model's category masks are "
+                                           "attached to the index)")
         _add_config_args(c)
         c.set_defaults(func=cmd_index_sharded)
 

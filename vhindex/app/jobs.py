@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from vhindex.config import Config, load_job_config
+from vhindex.config import Config, ConfigError, load_job_config
 
 __all__ = ["build_graph_main", "build_index_main", "demo_main", "pipeline_job_main", "run_training",
            "train_main", "bench_quality_main"]
@@ -178,6 +178,16 @@ def build_index_main(argv: list[str] | None, *, description: str) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     info = manifest if isinstance(manifest, dict) else getattr(manifest, "__dict__", {"manifest": str(manifest)})
+    from vhindex.app.cli import attach_model_masks
+    from vhindex.index.sharded import ShardedIndex
+
+    try:
+        mask_url = attach_model_masks(ix, int(ShardedIndex.open(ix.out, ix.storage_options or None).info()["bits"]))
+    except (ConfigError, ValueError) as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if mask_url:
+        info = {**info, "mask_table": mask_url}
     print("RESULT " + json.dumps(info, default=str, sort_keys=True), flush=True)
     return 0
 

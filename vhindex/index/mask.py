@@ -50,14 +50,19 @@ from vhindex.index.codes import BIT_ORDER, as_packed, popcount8
 from vhindex.index.flat import faiss_threads, pad_distance
 
 __all__ = [
+    "ATTACHED_MASK_TABLE",
     "FORMAT_MASK_TABLE",
     "MaskTable",
     "MaskedIndexCache",
+    "attach_mask_table",
+    "attached_mask_table",
     "masked_distances",
     "masked_search",
 ]
 
 FORMAT_MASK_TABLE = "vhindex.mask_table"
+#: where ``vhindex build-index --model`` puts a classifying model's table inside the index folder
+ATTACHED_MASK_TABLE = "masks.npy"
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 _COL_CATEGORY = "category"
@@ -463,3 +468,23 @@ def masked_search(
     if missing.any():
         distances[missing] = pad_distance(db_bits)
     return distances, positions
+
+
+def attach_mask_table(index_url: str, table: MaskTable, bits: int,
+                      storage_options: dict[str, Any] | None = None) -> str:
+    """Save ``table`` as the index's attached table (``<index>/masks.npy``); returns its URL.
+
+    Raises:
+        ValueError: the table is not for the index's ``bits``-bit codes.
+    """
+    table.check_bits(bits, what=f"the index at {index_url}")
+    url = f"{index_url.rstrip('/')}/{ATTACHED_MASK_TABLE}"
+    table.save(url, storage_options)
+    return url
+
+
+def attached_mask_table(index_url: str, storage_options: dict[str, Any] | None = None) -> str | None:
+    """The URL of the table attached to the index at ``index_url`` (its manifest written), or None."""
+    fs, root = url_to_fs(index_url, storage_options)
+    path = f"{root.rstrip('/')}/{ATTACHED_MASK_TABLE}.manifest.json"
+    return f"{index_url.rstrip('/')}/{ATTACHED_MASK_TABLE}" if fs.exists(path) else None
