@@ -91,25 +91,32 @@ def tiny_run(tmp_path_factory):
 def test_tiny_build_reports_every_method_bits_and_protocol(tiny_run) -> None:
     cfg, out, tmp, _ = tiny_run
     b = cfg.bench
-    rows = ["float mean-pool (cosine)", *b.methods, *(f"uts frame-level {m}" for m in b.frame_methods)]
-    assert sorted(out.fashion) == sorted(rows)
-    assert sorted(out.neardup) == sorted(rows)
-    for row in rows:
+    from vhindex.benchdata.quality import SUPERVISED, SUPERVISED_ROWS
+
+    unsupervised = [m for m in b.methods if m not in SUPERVISED]
+    assert "dvhcm" in b.methods  # the supervised section is exercised
+    supervised_rows = [r.format(m) for m in b.methods if m in SUPERVISED for r in SUPERVISED_ROWS]
+    rows = ["float mean-pool (cosine)", *unsupervised, *(f"uts frame-level {m}" for m in b.frame_methods)]
+    assert sorted(out.fashion) == sorted(rows + supervised_rows)
+    assert sorted(out.neardup) == sorted(rows)  # no class labels there: the supervised model is fashion-only
+    for row in rows + supervised_rows:
         want_bits = [0] if row.startswith("float") else list(b.bits)
         assert sorted(out.fashion[row]) == want_bits, row
-        assert sorted(out.neardup[row]) == want_bits, row
+        if row in rows:
+            assert sorted(out.neardup[row]) == want_bits, row
         for cell in out.fashion[row].values():
             for protocol in ("paper", "standard"):
                 assert sorted(cell[protocol]) == b.ks
                 assert all(0.0 <= v <= 1.0 for vs in cell[protocol].values() for v in vs)
-        for cell in out.neardup[row].values():
+        for cell in out.neardup.get(row, {}).values():
             assert all(0.0 <= v <= 1.0 for v in cell["map"] + cell["top1"])
     # real content, not noise: mean-pooled features of near-duplicates find their family
     assert out.neardup["float mean-pool (cosine)"][0]["top1"][0] >= 0.9
     report = (tmp / "report.md").read_text()
     assert "paper protocol" in report and "standard protocol" in report and "partial" not in report
-    for row in rows:
+    for row in rows + supervised_rows:
         assert f"| {row} |" in report
+    assert "### Supervised: trained on the training clips' labels" in report and "masked / plain" in report
     saved = json.loads((tmp / "report.json").read_text())
     assert saved["neardup"]["lsh"]["16"]["map"] == out.neardup["lsh"][16]["map"]
     for name in ("fashion", "neardup_map", "neardup_top1"):
@@ -289,3 +296,37 @@ def test_method_train_layers_and_the_near_duplicate_override(tiny_run) -> None:
     assert train("neardup", "gcmh") == (5, 0.25, 8)
     assert train("fashion", "conmh") == (7, 0.5, cfg.train.batch_size)
     assert train("neardup", "conmh") == (9, 0.5, 8)
+
+
+@pytest.mark.slow
+def test_tiny_dvhcm_mask_row_equals_a_literal_recomputation(tiny_run) -> None:
+    """The `+ category mask` row recomputed with loops from eq. 8 (predicted category, masked Hamming, stable ties)."""
+    from vhindex.benchdata.quality import map_at_k_from_relevance
+    from vhindex.data import FrameDataset
+    from vhindex.inprocess import encode_in_memory
+    from vhindex.models import load_model
+
+    cfg, out, tmp, _ = tiny_run
+    work = Path(cfg.bench.work)
+    bits = cfg.bench.bits[0]
+    model_dirs = sorted(work.glob(f"fashion/models/*/seed0/runs/dvhcm-{bits}-*/dvhcm/model"))
+    assert len(model_dirs) == 1, model_dirs
+    model = load_model(str(model_dirs[0]))
+    q, db = (FrameDataset.open(str(work / "fashion" / "features" / s)) for s in ("query", "database"))
+    n = max(q.meta.num_classes, db.meta.num_classes)
+    ql, dl = q.read_labels_multi_hot(n), db.read_labels_multi_hot(n)
+    _, qc = encode_in_memory(model, q)
+    _, dc = encode_in_memory(model, db)
+    frames = np.concatenate([fb.features for fb in q.iter_batches(4096, columns=("video_id", "features"))])
+    cats = model.classify(frames)
+    masks = np.unpackbits(model.category_masks().masks, axis=1).astype(bool)
+    qb, dbb = np.unpackbits(qc, axis=1).astype(bool), np.unpackbits(dc, axis=1).astype(bool)
+    relevance = []
+    for i in range(len(qb)):
+        dist = [int(((qb[i] != dbb[j]) & masks[cats[i]]).sum()) for j in range(len(dbb))]
+        order = sorted(range(len(dbb)), key=lambda j: (dist[j], j))
+        relevance.append([bool((ql[i] & dl[j]).any()) for j in order[:max(cfg.bench.ks)]])
+    want = map_at_k_from_relevance(np.array(relevance), cfg.bench.ks, "paper")
+    got = out.fashion["dvhcm (supervised) + category mask"][bits]["paper"]
+    for k in cfg.bench.ks:
+        assert got[k][0] == pytest.approx(want[k], abs=1e-12), k

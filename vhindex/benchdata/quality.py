@@ -53,7 +53,11 @@ __all__ = [
 ]
 
 SPLITS = ("train", "query", "database")
-LEARNED = ("bth", "dkph", "mcmsh", "nph", "conmh", "gcmh")
+LEARNED = ("bth", "dkph", "mcmsh", "nph", "conmh", "gcmh", "dvhcm")
+#: learned from the training clips' labels (fashion only; reported in a section of their own)
+SUPERVISED = ("dvhcm",)
+#: the two fashion rows of a supervised method: plain Hamming ranking, and under its category mask
+SUPERVISED_ROWS = ("{} (supervised)", "{} (supervised) + category mask")
 TEACHER_STUDENTS = ("bth", "dkph", "mcmsh", "nph")
 #: methods whose ``method_params`` / ``method_train`` are in a seed folder's tag (those that existed when the
 #: tag was introduced; cached runs keep their folders); later methods hash their settings into the run name
@@ -237,7 +241,7 @@ class _Runner:
         return FrameDataset.open(out)
 
     def _train_config(self, bench: str, *, seed: int, out_dir: str, urls: dict[str, str], ds: FrameDataset, bits: int,
-                      method: str = "dkph") -> Config:
+                      method: str = "dkph", extra_params: dict[str, Any] | None = None) -> Config:
         """The training config of ``method`` (a learned model) on one benchmark: its ``bench.method_params``
         (``num_frames`` / ``feature_dim`` from the data), the ``train`` section with the benchmark's and the
         method's overrides, and ``graph.anchors`` scaled to the training set (:attr:`BenchSection.anchors_per_video`)."""
@@ -252,7 +256,8 @@ class _Runner:
         d["run"] = {**d["run"], "seed": seed, "output_dir": out_dir}
         d["data"] = {**d["data"], **{s: urls[s] for s in SPLITS}}
         d["model"] = {"name": method, "bits": bits,
-                      "params": {**params, "num_frames": ds.meta.num_frames, "feature_dim": ds.meta.feature_dim}}
+                      "params": {**params, "num_frames": ds.meta.num_frames, "feature_dim": ds.meta.feature_dim,
+                                 **(extra_params or {})}}
         d["graph"] = {**d["graph"], "anchors": anchors}
         d["train"] = {**train, "eval_every": 0}
         return config_from_dict(d, source=f"bench quality ({bench}, {method})")
@@ -298,6 +303,19 @@ class _Runner:
                 if method not in LEARNED:
                     model = self._timed(f"{bench} train {method}", lambda m=method, k=bits: fit_model(
                         m, k, train, seed=seed, batch_size=self.cfg.data.batch_size))
+                    yield method, bits, model
+                    continue
+                if method in SUPERVISED:
+                    if bench != "fashion":  # trained on class labels: the fashion clips' (near-dups have none)
+                        continue
+                    from vhindex.train.supervised import train_dvhcm
+
+                    scfg = self._train_config(bench, seed=seed, out_dir=f"{seed_dir}/runs/{self._run_name(bench, method, bits)}",
+                                              urls=learn_urls, ds=train, bits=bits, method=method,
+                                              extra_params={"num_classes": int(train.meta.num_classes or 0)})
+                    model, _ = self._timed(f"{bench} train {method}", lambda c=scfg: train_dvhcm(
+                        c, check_datasets(c), progress=False, validation=validation))
+                    self._record_selection(bench, method, bits, seed, f"{scfg.run.output_dir}/{method}/student")
                     yield method, bits, model
                     continue
                 if method not in TEACHER_STUDENTS:  # ConMH / GCMH: one stage, no teacher
@@ -431,6 +449,12 @@ class _Runner:
                     return tuple(evaluate(dc, qc, dl, ql, ks=ks, protocol=p, pr=False, precision_ns=[]).map_at_k
                                  for p in ("paper", "standard"))
                 paper, standard = self._timed(f"fashion eval {method}", score)
+                if method in SUPERVISED:
+                    plain_row, mask_row = (r.format(method) for r in SUPERVISED_ROWS)
+                    record(plain_row, bits, paper, standard)
+                    record(mask_row, bits, *self._timed(f"fashion eval {method} + mask", lambda m=model: _masked_maps(
+                        m, q, db, qf, ql, dl, ks, self.out.info["fashion"], bits)))
+                    continue
                 record(method, bits, paper, standard)
             for method in self.b.frame_methods:
                 for bits in self.b.bits:
@@ -698,6 +722,43 @@ def _cell(values: Sequence[float]) -> str:
     return f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}"
 
 
+def _masked_maps(model: Any, q: FrameDataset, db: FrameDataset, q_frames: np.ndarray, ql: np.ndarray,
+                 dl: np.ndarray, ks: list[int], info: dict[str, Any], bits: int) -> tuple[dict, dict]:
+    """mAP of a classifying model (DVHCM) with each query ranked under its predicted category's mask, both
+    protocols; ties broken by database position as :func:`vhindex.eval.evaluate` does. Also times the masked
+    search against the plain flat search into ``info["masked_search"][bits]``."""
+    import faiss
+
+    from vhindex.index.mask import masked_distances, masked_search
+    from vhindex.inprocess import encode_in_memory
+
+    _, qc = encode_in_memory(model, q)
+    _, dc = encode_in_memory(model, db)
+    categories = model.classify(q_frames)
+    table = model.category_masks()
+    ranked = np.empty((len(qc), max(ks)), dtype=np.int64)
+    for start in range(0, len(qc), 256):  # (256, N) distances at a time
+        dist = masked_distances(qc[start:start + 256], dc, categories[start:start + 256], table)
+        ranked[start:start + 256] = np.argsort(dist, axis=1, kind="stable")[:, :max(ks)]
+    rel = ranked_relevance(ranked, ql, dl)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        flat = faiss.IndexBinaryFlat(bits)
+        flat.add(dc)
+        t0 = time.perf_counter()
+        flat.search(qc, max(ks))
+        plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        masked_search(dc, qc, categories, max(ks), table)
+        masked = time.perf_counter() - t0
+    finally:
+        faiss.omp_set_num_threads(threads)
+    info.setdefault("masked_search", {})[str(bits)] = {"plain_ms": 1000 * plain / len(qc),
+                                                       "masked_ms": 1000 * masked / len(qc)}
+    return map_at_k_from_relevance(rel, ks, "paper"), map_at_k_from_relevance(rel, ks, "standard")
+
+
 def _row_order(rows: dict[str, Any]) -> list[str]:
     first = [r for r in rows if r.startswith("float")]
     return first + [r for r in rows if not r.startswith("float")]
@@ -753,10 +814,36 @@ def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float, 
                       "| method | bits | " + " | ".join(f"mAP@{k}" for k in ks) + " |",
                       "|---|---|" + "---|" * len(ks)]
             for row in _row_order(out.fashion):
+                if "(supervised)" in row:
+                    continue
                 for bits, cell in sorted(out.fashion[row].items()):
                     lines.append(f"| {row} | {bits or 'float'} | "
                                  + " | ".join(_cell(cell[protocol].get(k, [])) for k in ks) + " |")
             lines.append("")
+        supervised = [r for r in _row_order(out.fashion) if "(supervised)" in r]
+        if supervised:
+            lines += ["### Supervised: trained on the training clips' labels", "",
+                      "DVHCM learns from the class labels of the training clips (the unsupervised rows above never see "
+                      "them); `+ category mask`: each query is ranked under the mask of its *predicted* category "
+                      "(DVHCM eq. 8), the ratio being the model's `mask_ratio`.", ""]
+            for protocol in ("paper", "standard"):
+                lines += [f"mAP@K, {protocol} protocol:", "",
+                          "| method | bits | " + " | ".join(f"mAP@{k}" for k in ks) + " |",
+                          "|---|---|" + "---|" * len(ks)]
+                for row in supervised:
+                    for bits, cell in sorted(out.fashion[row].items()):
+                        lines.append(f"| {row} | {bits} | "
+                                     + " | ".join(_cell(cell[protocol].get(k, [])) for k in ks) + " |")
+                lines.append("")
+            speed = info.get("masked_search", {})
+            if speed:
+                lines += ["Search speed over the database codes (all queries, one thread; masked = the category-mask "
+                          "distance through `vhindex.index.mask.masked_search`, plain = faiss `IndexBinaryFlat`):", "",
+                          "| bits | plain ms / query | masked ms / query | masked / plain |", "|---|---|---|---|"]
+                for bits_, v in sorted(speed.items(), key=lambda kv: int(kv[0])):
+                    lines.append(f"| {bits_} | {v['plain_ms']:.4f} | {v['masked_ms']:.4f} | "
+                                 f"{v['masked_ms'] / max(v['plain_ms'], 1e-9):.2f} |")
+                lines.append("")
     if out.neardup:
         info = out.info.get("neardup", {})
         lines += ["## Near-duplicates of real videos (leave-one-out; relevant = same source family)", "",
