@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vhindex.config import load_config  # noqa: E402
 from vhindex.data import FrameDataset  # noqa: E402
 from vhindex.models import build_model  # noqa: E402
-from vhindex.models.losses import bth_loss, dkph_loss, mcmsh_loss, nph_loss  # noqa: E402
+from vhindex.models.dvhcm import intra_pair_split  # noqa: E402
+from vhindex.models.losses import bth_loss, dkph_loss, dvhcm_loss, mcmsh_loss, nph_loss  # noqa: E402
 from vhindex.models.nets import mask_frames  # noqa: E402
 from vhindex.train.contrastive import contrastive_step  # noqa: E402
 
@@ -38,6 +39,10 @@ def _step(name: str, model, net: torch.nn.Module, x: torch.Tensor, gen: torch.Ge
     """One training loss of ``name`` on the batch ``x`` (its partners: the batch reversed)."""
     if name in ("conmh", "gcmh"):
         return contrastive_step(model, net, x, gen, x.flip(0) if name == "gcmh" else None)["total"]
+    if name == "dvhcm":  # an intra-pair (two halves of the frames) per video, labels drawn at random
+        first, second = intra_pair_split(len(x), x.shape[1], gen)
+        y = torch.nn.functional.one_hot(torch.arange(len(x)) % params["num_classes"], params["num_classes"]).float()
+        return dvhcm_loss(net(x, first), net(x, second), y, **model.loss_kwargs())["total"]
     if name == "nph":  # no masking; the pair's two forward passes, encoder and decoder LSTMs
         return nph_loss(net(x), net(x.flip(0)), x, x.flip(0))["total"]
     out1, out2 = net(mask_frames(x, gen)), net(mask_frames(x.flip(0), gen))
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--models", nargs="+", default=["conmh", "gcmh", "dkph", "bth", "mcmsh", "nph"])
+    p.add_argument("--models", nargs="+", default=["conmh", "gcmh", "dkph", "bth", "mcmsh", "nph", "dvhcm"])
     p.add_argument("--report", default="benchmarks/results/train_throughput.md")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.models:
         params = {**cfg.bench.method_params.get(name, {}), "num_frames": m, "feature_dim": d}
+        if name == "dvhcm":
+            params["num_classes"] = int(ds.meta.num_classes or 10)
         torch.manual_seed(0)
         model = build_model(name, args.bits, device="cpu", **params)
         net = model.net.train()

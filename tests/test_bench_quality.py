@@ -319,7 +319,11 @@ def test_tiny_dvhcm_mask_row_equals_a_literal_recomputation(tiny_run) -> None:
     _, dc = encode_in_memory(model, db)
     frames = np.concatenate([fb.features for fb in q.iter_batches(4096, columns=("video_id", "features"))])
     cats = model.classify(frames)
-    masks = np.unpackbits(model.category_masks().masks, axis=1).astype(bool)
+    ratio = out.info["fashion"]["mask_ratio"][str(bits)]["0"]["ratio"]  # chosen on the validation split
+    scores = out.info["fashion"]["mask_ratio"][str(bits)]["0"]["validation"]
+    assert sorted(scores) == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert scores[ratio] == max(scores.values()) and all(r <= ratio for r in scores if scores[r] == scores[ratio])
+    masks = np.unpackbits(model.category_masks(ratio).masks, axis=1).astype(bool)
     qb, dbb = np.unpackbits(qc, axis=1).astype(bool), np.unpackbits(dc, axis=1).astype(bool)
     relevance = []
     for i in range(len(qb)):
