@@ -822,7 +822,8 @@ def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float, 
               + f". UTS: top-N = {b.uts_top_n} frames per query frame."
               + "".join(f" {m}: {b.method_params.get(m, {})}, train {b.method_train.get(m, {})}"
                         + (f", near-duplicate train {b.neardup_method_train[m]}" if m in b.neardup_method_train else "")
-                        + "." for m in b.methods if m in ("conmh", "gcmh")), ""]
+                        + "." for m in b.methods if m in LEARNED and (b.method_params.get(m) or b.method_train.get(m))),
+              ""]
     if out.fashion:
         info = out.info.get("fashion", {})
         ks = info.get("ks", b.ks)
