@@ -168,8 +168,8 @@ def test_recipe_trains_on_labels_resumes_exactly_and_learns_the_classes(tmp_path
 def test_recipe_refuses_training_data_without_labels(tmp_path):
     from tests.test_pipelines_encode import _write_frames
     from vhindex.config import load_config
-    from vhindex.train.supervised import train_dvhcm
     from vhindex.train.recipes import check_datasets
+    from vhindex.train.supervised import train_dvhcm
 
     _write_frames(tmp_path / "frames", 40, seed=1)  # M=6, D=32, no labels column
     cfg = load_config(DEMO, ["model.name=dvhcm", "model.bits=16",

@@ -173,38 +173,13 @@ def cmd_index_sharded(args: argparse.Namespace) -> int:
     from vhindex.index.sharded import ShardedIndex
 
     info = ShardedIndex.open(ix.out, ix.storage_options or None).info()
+    from vhindex.app.masks import attach_model_masks
+
     mask_url = attach_model_masks(ix, int(info["bits"]))
     if mask_url:
         info["mask_table"] = mask_url
     print(json.dumps(info, default=str, sort_keys=True))
     return 0
-
-
-def attach_model_masks(ix, bits: int) -> str | None:  # noqa: ANN001 (an IndexSection)
-    """``index.model`` of a classifying model (DVHCM): attach its category-mask table to the index at ``index.out``
-    (``index.mask_ratio`` or the model's ratio); the service then uses it without ``serve.mask_table``.
-
-    Raises:
-        ConfigError: ``index.mask_ratio`` without a classifying ``index.model``, or a model of other bits.
-    """
-    if not ix.model:
-        if ix.mask_ratio is not None:
-            raise ConfigError("command line", [("index.mask_ratio", "needs index.model (--model) of a DVHCM model")])
-        return None
-    from vhindex.index.mask import attach_mask_table
-    from vhindex.models import load_model
-
-    so = ix.storage_options or None
-    model = load_model(ix.model, so)
-    if model.bits != bits:
-        raise ConfigError("command line", [("index.model", f"{ix.model} makes {model.bits}-bit codes; the index holds "
-                                                           f"{bits}-bit codes")])
-    if not callable(getattr(model, "category_masks", None)):
-        if ix.mask_ratio is not None:
-            raise ConfigError("command line", [("index.mask_ratio", f"model {model.name} has no category masks "
-                                                                    "(only DVHCM learns them)")])
-        return None
-    return attach_mask_table(ix.out, model.category_masks(ix.mask_ratio), bits, so)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -178,7 +178,7 @@ def build_index_main(argv: list[str] | None, *, description: str) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     info = manifest if isinstance(manifest, dict) else getattr(manifest, "__dict__", {"manifest": str(manifest)})
-    from vhindex.app.cli import attach_model_masks
+    from vhindex.app.masks import attach_model_masks
     from vhindex.index.sharded import ShardedIndex
 
     try:

@@ -452,8 +452,9 @@ class _Runner:
                 if method in SUPERVISED:
                     plain_row, mask_row = (r.format(method) for r in SUPERVISED_ROWS)
                     record(plain_row, bits, paper, standard)
-                    record(mask_row, bits, *self._timed(f"fashion eval {method} + mask", lambda m=model: _masked_maps(
-                        m, q, db, qf, ql, dl, ks, self.out.info["fashion"], bits, seed, validation)))
+                    record(mask_row, bits, *self._timed(
+                        f"fashion eval {method} + mask", lambda m=model, b=bits, s=seed: _masked_maps(
+                            m, q, db, qf, ql, dl, ks, self.out.info["fashion"], b, s, validation)))
                     continue
                 record(method, bits, paper, standard)
             for method in self.b.frame_methods:

@@ -27,10 +27,10 @@ from vhindex.models.base import (
 )
 from vhindex.models.baselines import ITQ, LSH, PCASign, quantization_loss, random_orthogonal
 from vhindex.models.contrastive import GCMH, ConMH  # noqa: E402,I001  (after the base models)
+from vhindex.models.dvhcm import DVHCM  # noqa: E402,I001
 from vhindex.models.learned import BTH, DKPH
 from vhindex.models.mixer import MCMSH  # noqa: E402,I001  (after the torch models it builds on)
 from vhindex.models.nph import NPH  # noqa: E402,I001
-from vhindex.models.dvhcm import DVHCM  # noqa: E402,I001
 
 __all__ = [
     "BTH",
