@@ -174,22 +174,9 @@ def test_recipe_trains_resumes_exactly_and_records_every_term(tmp_path):
 @pytest.mark.integration
 @pytest.mark.xdist_group("ray")
 def test_ray_data_encoding_job_writes_the_in_process_codes(tmp_path, local_ray):
-    from cluster.data import ray_engine
-    from tests.test_pipelines_encode import _write_frames
-    from vhindex.config import PipelineSection
-    from vhindex.data import CodesDataset, FrameDataset
-    from vhindex.inprocess import encode_in_memory
-    from vhindex.pipelines import EncodeJob, run_sharded_job
+    from tests.test_pipelines_encode import assert_ray_encoding_equals_in_process
 
-    _write_frames(tmp_path / "frames", 90, seed=3)  # M=6, D=32
     torch.manual_seed(0)
     model = build_model("mcmsh", 32, num_frames=6, feature_dim=32, hidden=16)
     model.net.set_alpha(4)
-    model.save(str(tmp_path / "model"))
-    job = EncodeJob(str(tmp_path / "frames"), str(tmp_path / "model"), str(tmp_path / "codes"), rows_per_shard=30,
-                    threads=1)
-    report = run_sharded_job(job, ray_engine(PipelineSection(actors=1)), engine_name="ray", stream=None)
-    assert report.exit_code == 0 and report.ok == 90
-    ids, codes = CodesDataset.open(job.output.url).read_all()
-    want_ids, want_codes = encode_in_memory(load_model(str(tmp_path / "model")), FrameDataset.open(str(tmp_path / "frames")))
-    assert ids == want_ids and np.array_equal(codes, want_codes)
+    assert_ray_encoding_equals_in_process(tmp_path, model)

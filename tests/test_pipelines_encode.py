@@ -40,6 +40,24 @@ def _write_frames(url: Path, n: int, *, seed: int, row_group: int = 20, nan_rows
     return feats
 
 
+def assert_ray_encoding_equals_in_process(tmp_path: Path, model) -> None:  # noqa: ANN001 (a HashModel)
+    """Save ``model`` (built for M = 6, D = 32), encode 90 written videos with the Ray Data encoding job (one
+    actor, 30 rows per shard) and assert the codes equal in-process encoding of the saved model."""
+    from cluster.data import ray_engine
+    from vhindex.config import PipelineSection
+    from vhindex.models import load_model
+
+    _write_frames(tmp_path / "frames", 90, seed=3)
+    model.save(str(tmp_path / "model"))
+    job = EncodeJob(str(tmp_path / "frames"), str(tmp_path / "model"), str(tmp_path / "codes"), rows_per_shard=30,
+                    threads=1)
+    report = run_sharded_job(job, ray_engine(PipelineSection(actors=1)), engine_name="ray", stream=None)
+    assert report.exit_code == 0 and report.ok == 90
+    ids, codes = CodesDataset.open(job.output.url).read_all()
+    want_ids, want_codes = encode_in_memory(load_model(str(tmp_path / "model")), FrameDataset.open(str(tmp_path / "frames")))
+    assert ids == want_ids and np.array_equal(codes, want_codes)
+
+
 def _fit(kind: str, frames: np.ndarray, url: Path, bits: int = 32, seed: int = 0) -> str:
     model = build_model(kind, bits)
     model.fit(lambda: iter([frames[i:i + 64] for i in range(0, len(frames), 64)]), seed=seed)

@@ -75,15 +75,11 @@ class NeighbourAttention(nn.Module):
         self.key = nn.Linear(memory, key_dim, bias=False)
         self.value = nn.Linear(memory, memory, bias=False)
 
-    def weights(self, m: Tensor, v: Tensor) -> Tensor:
-        """Attention weights ``(B, 2)`` of the memory row and the frame row."""
-        rows = torch.stack([m, v], dim=1)                                   # (B, 2, b)
-        scores = torch.einsum("bk,brk->br", self.query(m), self.key(rows))  # (B, 2)
-        return torch.softmax(scores / math.sqrt(self.key_dim), dim=-1)
-
     def forward(self, m: Tensor, v: Tensor) -> Tensor:  # noqa: D102
-        rows = torch.stack([m, v], dim=1)
-        return torch.einsum("br,brc->bc", self.weights(m, v), self.value(rows))
+        rows = torch.stack([m, v], dim=1)                                   # (B, 2, b): [m; v]
+        scores = torch.einsum("bk,brk->br", self.query(m), self.key(rows))  # (B, 2)
+        weights = torch.softmax(scores / math.sqrt(self.key_dim), dim=-1)
+        return torch.einsum("br,brc->bc", weights, self.value(rows))
 
 
 class NPHNet(nn.Module):
