@@ -66,7 +66,7 @@ logger = logging.getLogger(__name__)
 RAY_STAGES = {"teacher": "recipes:train_teacher", "dkph": "recipes:train_student", "bth": "recipes:train_bth",
               "mcmsh": "recipes:train_mcmsh", "nph": "recipes:train_nph",
               "conmh": "contrastive:train_contrastive_student", "gcmh": "contrastive:train_contrastive_student",
-              "dvhcm": "supervised:train_dvhcm"}
+              "dvhcm": "supervised:train_dvhcm", "uts": "uts:train_uts"}
 
 
 @dataclasses.dataclass
@@ -115,7 +115,8 @@ def absolutize_paths(cfg: Any) -> Any:
 
     data = cfg.model_dump(mode="json")
     changed = False
-    for section, key in (("run", "output_dir"), ("data", "train"), ("data", "query"), ("data", "database")):
+    for section, key in (("run", "output_dir"), ("data", "train"), ("data", "query"), ("data", "database"),
+                         ("extract", "listing"), ("extract", "weights")):
         value = data[section][key]
         if isinstance(value, str) and value and not _is_url(value):
             local = value[len("file://"):] if value.startswith("file://") else value
@@ -153,7 +154,7 @@ def ray_storage(cfg: Any) -> tuple[str, Any]:
 
 def _stage_ckpt_url(cfg: Any, stage: str) -> str:
     root = cfg.run.output_dir.rstrip("/")
-    if stage in ("conmh", "gcmh", "dvhcm"):  # contrastive / supervised: <run>/<model>/student
+    if stage in ("conmh", "gcmh", "dvhcm", "uts"):  # contrastive / supervised / UTS: <run>/<model>/student
         return f"{root}/{stage}/student/ckpt"
     return {"teacher": f"{root}/teacher/ckpt", "dkph": f"{root}/student/ckpt",
             "bth": f"{root}/bth/student/ckpt", "mcmsh": f"{root}/mcmsh/student/ckpt",
@@ -387,6 +388,19 @@ def run_recipe_on_ray(cfg: Any, *, model: str | None = None, progress: bool = Tr
     from vhindex.train import recipes
 
     kind = model or cfg.model.name
+    if kind == "uts":  # frames and teacher on the driver, the student on Ray Train, the LSH frame model here
+        from vhindex.train.uts import prepare_uts
+
+        cfg = absolutize_paths(cfg)
+        ray_storage(cfg)
+        t0 = time.perf_counter()
+        prepare_uts(cfg)
+        done = _fit_if_needed(cfg, "uts", progress=progress, max_failures=max_failures)
+        result = recipes.run_recipe(cfg, model="uts", progress=progress, out=out)
+        if done is not None and done.epochs_run:
+            result.stages = {**result.stages, "student": "ray"}
+        result.seconds = time.perf_counter() - t0
+        return result
     if kind not in recipes.STUDENTS:
         raise ValueError(f"model.name: unknown student {kind!r}; choose one of {list(recipes.STUDENTS)}")
     cfg = absolutize_paths(cfg)

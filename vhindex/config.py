@@ -40,10 +40,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+#: models trained on pixels rather than on frame features (``vhindex.train.uts``): a name ``model.name`` accepts
+#: though the HashModel registry does not hold it (their codes come from a registered frame model, e.g. LSH)
+PIXEL_MODELS = ("uts",)
+
+
 def _check_model_name(name: str) -> str:
     from vhindex.models import available_models
 
-    known = available_models()
+    known = [*available_models(), *PIXEL_MODELS]
     if name not in known:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(known)}")
     return name
@@ -110,7 +115,12 @@ class ModelSection(_Section):
         from vhindex.models import build_model
 
         try:
-            build_model(self.name, self.bits, **self.params)
+            if self.name in PIXEL_MODELS:
+                from vhindex.models.uts import check_uts_params
+
+                check_uts_params(self.params)
+            else:
+                build_model(self.name, self.bits, **self.params)
         except (TypeError, ValueError) as err:
             raise ValueError(f"model.params: {err}") from None
         return self
@@ -602,6 +612,15 @@ class BenchSection(_Section):
                                           "it has no validation split to stop on).")
     frame_methods: list[str] = Field(default_factory=lambda: ["lsh", "itq"],
                                      description="Frame-level hashers of the UTS retrieval pipeline.")
+    uts_student: bool = Field(False, description="Near-duplicates: train UTS's teacher-student network on the "
+                                                 "benchmark's canonical source videos (model.name: uts) and add "
+                                                 "frame-level LSH rows of its student and of its teacher.")
+    uts_config: str = Field("configs/train/uts_neardup.yaml", description="The UTS training config the benchmark "
+                                                                           "starts from (listing, output, seed, "
+                                                                           "image size are the benchmark's).")
+    uts_overrides: list[str] = Field(default_factory=list, description="`key=value` overrides of uts_config.")
+    uts_bits: list[int] = Field(default_factory=lambda: [64, 256, 512],
+                                description="Code lengths of the UTS frame-level rows (the paper: 512).")
     bits: list[int] = Field(default_factory=lambda: [16, 32, 64])
     seeds: list[int] = Field(default_factory=lambda: [0])
     ks: list[int] = Field(default_factory=lambda: [5, 20, 40, 60, 80, 100], description="mAP@K cut-offs (fashion).")

@@ -90,8 +90,13 @@ def run_training(cfg: Config, *, progress: bool = True, out: TextIO = sys.stdout
     from vhindex.train.recipes import check_datasets
 
     try:
-        _check_synthetic_fallback(cfg)
-        check_datasets(cfg, out)  # every data / shape problem, before any training
+        if cfg.model.name == "uts":  # trains on the frames of extract.listing
+            from vhindex.train.uts import check_uts_inputs
+
+            check_uts_inputs(cfg)
+        else:
+            _check_synthetic_fallback(cfg)
+            check_datasets(cfg, out)  # every data / shape problem, before any training
         if backend == "ray":
             from cluster.train import ray_storage
 

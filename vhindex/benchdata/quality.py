@@ -523,6 +523,65 @@ class _Runner:
                         pos = {v: i for i, v in enumerate(ids)}
                         return leave_one_out_metrics([np.array([pos[v] for v in r]) for r in ranked], groups)
                     record(f"uts frame-level {method}", bits, self._timed(f"neardup uts-{method}", uts))
+            if self.b.uts_student:
+                self._uts_rows(listing, ds, feats, groups, seed, record)
+
+    def _uts_rows(self, listing: str, ds: FrameDataset, feats: np.ndarray, groups: np.ndarray, seed: int,
+                  record: Callable[[str, int, dict[str, float]], None]) -> None:
+        """UTS (seed 003) on the near-duplicates: the teacher-student network trained on the families' canonical
+        sources (``__original``; the variants are never seen), then frame codes by LSH at ``bench.uts_bits`` of
+        (a) the Lite0 features, (b) the teacher's (Lite0 + the PCA fc, applied to the same stored features), (c)
+        the student's (the extraction job with backbone ``uts_student``), each searched leave-one-out by the
+        frame-level pipeline (Algorithm 1)."""
+        from vhindex.benchdata.neardup import ORIGINAL
+        from vhindex.config import load_config
+        from vhindex.index import FrameLevelIndex
+        from vhindex.index.frames import rank_videos_leave_one_out
+        from vhindex.models import build_model
+        from vhindex.pipelines.extract import read_listing
+        from vhindex.train.uts import run_uts_recipe
+
+        sources = [v for v in read_listing(listing) if v.video_id.endswith("__" + ORIGINAL)]
+        if not sources:
+            raise ValueError(f"{listing}: no canonical source (__{ORIGINAL}) videos for UTS to train on")
+        root = f"{self.work}/neardup/uts"
+        Path(root).mkdir(parents=True, exist_ok=True)
+        src_listing = f"{root}/sources.csv"
+        text = "uri,video_id\n" + "".join(f"{v.uri},{v.video_id}\n" for v in sources)
+        if not Path(src_listing).exists() or Path(src_listing).read_text() != text:
+            Path(src_listing).write_text(text)
+        e = self.b.neardup_extract
+        overrides = [*self.b.uts_overrides, f"extract.listing={src_listing}", f"run.seed={seed}",
+                     "train.backend=local", f"extract.image_size={e.image_size}"]
+        tag = hashlib.sha256(json.dumps([Path(self.b.uts_config).read_text(), self.b.uts_overrides, e.image_size]
+                                        ).encode()).hexdigest()[:10]
+        ucfg = load_config(self.b.uts_config, [*overrides, f"run.output_dir={root}/{tag}/seed{seed}"])
+        result = self._timed("neardup train uts", lambda: run_uts_recipe(ucfg, progress=False))
+        with np.load(f"{ucfg.run.output_dir}/uts/teacher/teacher.npz") as z:
+            weight, bias = z["weight"], z["bias"]
+        student_section = e.model_copy(update={"backbone": "uts_student",
+                                               "weights": f"{result.model_url}/weights.pt"})
+        student_ds = self._timed("neardup extract uts student", lambda: self._extract(
+            listing, f"{ucfg.run.output_dir}/features", student_section, "bench.neardup_extract (uts_student)"))
+        if student_ds.read_video_ids() != ds.read_video_ids():
+            raise RuntimeError("the UTS student's features do not cover the benchmark's videos in order")
+        variants = {"frame lsh: Lite0 features": feats,
+                    "frame lsh: UTS teacher (Lite0 + PCA fc)": (feats @ weight.T + bias).astype(np.float32),
+                    "frame lsh: UTS student": _read_features(student_ds)}
+        ids = ds.read_video_ids()
+        pos = {v: i for i, v in enumerate(ids)}
+        for row, frame_feats in variants.items():
+            b_, m_, d_ = frame_feats.shape
+            for bits in self.b.uts_bits:
+                def score(frame_feats: np.ndarray = frame_feats, bits: int = bits) -> dict[str, float]:
+                    lsh = build_model("lsh", bits)
+                    lsh.fit(lambda: iter([frame_feats.reshape(-1, 1, d_)]), seed=seed)
+                    codes = lsh.encode_packed(frame_feats.reshape(b_ * m_, 1, d_)).reshape(b_, m_, -1)
+                    index = FrameLevelIndex(bits)
+                    index.add(ids, codes)
+                    ranked = rank_videos_leave_one_out(index, ids, list(codes), top_n=self.b.uts_top_n)
+                    return leave_one_out_metrics([np.array([pos[v] for v in r]) for r in ranked], groups)
+                record(row, bits, self._timed(f"neardup {row}", score))
 
     # -------------------------------------------------------------- report
 
@@ -893,15 +952,17 @@ def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float, 
                 lines.append("")
     if out.neardup:
         info = out.info.get("neardup", {})
+        # the configured lengths plus any a row has (UTS's frame rows: 64 / 256 / 512)
+        nd_bits = sorted(set(b.bits) | {int(k) for cells in out.neardup.values() for k in cells if int(k)})
         lines += ["## Near-duplicates of real videos (leave-one-out; relevant = same source family)", "",
                   f"{info.get('videos')} videos in {info.get('families')} families, M={info.get('num_frames')}, "
                   f"D={info.get('feature_dim')} ({info.get('extractor')}).", "",
                   "| method | " + " | ".join(f"{k or 'float'} bits mAP / top-1" if k else "float mAP / top-1"
-                                            for k in [0] + list(b.bits)) + " |",
-                  "|---|" + "---|" * (1 + len(b.bits))]
+                                            for k in [0] + nd_bits) + " |",
+                  "|---|" + "---|" * (1 + len(nd_bits))]
         for row in _row_order(out.neardup):
             cells = []
-            for bits in [0] + list(b.bits):
+            for bits in [0] + nd_bits:
                 c = out.neardup[row].get(bits)
                 cells.append(f"{_cell(c['map'])} / {_cell(c['top1'])}" if c else "")
             lines.append(f"| {row} | " + " | ".join(cells) + " |")

@@ -10,6 +10,8 @@ name                   dim       weights    notes
                                             torchvision ``vgg16-*.pth`` state dict
 ``resnet50_pool``       2048     required   the papers' ActivityNet features; a torchvision
                                             ``resnet50-*.pth`` state dict
+``uts_student``         D*       required   UTS's student (Lite0, last block replaced), trained by
+                                            ``model.name: uts`` (:mod:`vhindex.train.uts`)
 =====================  ========  =========  =====================================================
 
 VGG16 and ResNet-50 are written here in plain torch with torchvision's state-dict keys, so a
@@ -36,7 +38,7 @@ from torch import nn
 
 from vhindex import fs as vfs
 
-__all__ = ["Backbone", "available_backbones", "build_backbone", "register_backbone"]
+__all__ = ["Backbone", "UTSStudentBackbone", "available_backbones", "build_backbone", "register_backbone"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -249,6 +251,84 @@ def _build_lite0(weights: str | None = None, storage_options: dict | None = None
         net.weights_id = "bundled"
     else:
         net.load_weights(weights, storage_options)
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# UTS student (EfficientNet-Lite0 with its last block replaced; trained by vhindex.train.uts)
+
+
+class UTSStudentBackbone(Backbone):
+    """The UTS student network (:class:`vhindex.models.uts.UTSStudent`) as a backbone: ``(N, 3, S, S)`` ->
+    ``(N, out_dim)`` zero-mean frame features, for the extraction job (``extract.backbone: uts_student``,
+    ``extract.weights: <run>/uts/model/weights.pt``). Lite0's input normalisation; any input size.
+
+    Args:
+        lite0: the EfficientNet-Lite0 whose stem and blocks (all but the last) the student keeps.
+        out_dim: feature width ``D*``.
+        width: channels of the new 3x3 convolutions.
+    """
+
+    name = "uts_student"
+    input_size = 224
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+
+    def __init__(self, lite0: EfficientNetLite0, out_dim: int, width: int) -> None:
+        super().__init__()
+        from vhindex.models.uts import UTSStudent
+
+        self.student = UTSStudent(lite0, out_dim, width)
+        self.feature_dim = out_dim
+        self.width = width
+
+    @classmethod
+    def from_lite0(cls, lite0: EfficientNetLite0, out_dim: int, width: int) -> UTSStudentBackbone:
+        """A student initialised from ``lite0``'s weights (its kept blocks), the new block freshly initialised."""
+        net = cls(lite0, out_dim, width)
+        net.weights_id = f"init:{lite0.weights_id}"
+        return net
+
+    def _weights_module(self) -> nn.Module:
+        return self.student
+
+    def normalise(self, x01: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, S, S)`` float in ``[0, 1]`` -> the network's input (:meth:`preprocess` after the uint8 step)."""
+        return (x01 - self._mean) / self._std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def save(self, url: str, storage_options: dict | None = None, *, info: dict | None = None) -> None:
+        """``<url>/weights.pt`` (the student's state dict, what ``extract.weights`` takes) and ``<url>/model.json``
+        (shape, sha256 of the weights, ``info``); sets :attr:`weights_id` to the file's hash."""
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.student.state_dict().items()}, buf)
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        fs, root = vfs.url_to_fs(url, storage_options)
+        vfs.write_bytes_atomic(fs, vfs.join(fs, root, "weights.pt"), data)
+        vfs.write_json_atomic(fs, vfs.join(fs, root, "model.json"), {
+            "backbone": self.name, "out_dim": self.feature_dim, "width": self.width, "sha256": digest, **(info or {})})
+        self.weights_id = f"sha256:{digest[:16]}"
+
+    @classmethod
+    def load(cls, url: str, storage_options: dict | None = None) -> UTSStudentBackbone:
+        """What :meth:`save` wrote (``url`` the folder), in eval mode on the CPU."""
+        return _build_uts_student(f"{url.rstrip('/')}/weights.pt", storage_options).eval()
+
+
+@register_backbone("uts_student")
+def _build_uts_student(weights: str | None = None, storage_options: dict | None = None) -> Backbone:
+    weights = _require_weights("uts_student", weights, "the weights.pt a UTS training run writes "
+                                                       "(<run>/uts/model/weights.pt; model.name: uts)")
+    state, digest = _read_state_dict(weights, storage_options)
+    out_conv, first_conv = state.get("head.6.weight"), state.get("head.0.weight")
+    if out_conv is None or first_conv is None:
+        raise ValueError(f"weights file {weights} is not a UTS student (no head.0 / head.6 convolutions)")
+    net = UTSStudentBackbone(EfficientNetLite0(), int(out_conv.shape[0]), int(first_conv.shape[0]))
+    _load_strict(net.student, state, weights)
+    net.weights_id = f"sha256:{digest[:16]}"
     return net
 
 

@@ -23,18 +23,61 @@ Choices where the paper leaves room (documented and tested):
   last MBConv block and the head (1x1 conv to 1,280 + BN), replaced by ``Conv3x3-BN-ReLU, Conv3x3-BN-ReLU,
   Conv1x1-BN`` to the teacher's PCA width, then global average pooling.
 
-Status: networks, teacher and loss are here and tested; the pixel-level training job and the benchmark's
-UTS-student frame rows are not built yet (issue 20).
+Training (frames, teacher, the loop, the LSH frame model) is :mod:`vhindex.train.uts`; the student as an
+extraction backbone is ``uts_student`` (:class:`vhindex.features.backbones.UTSStudentBackbone`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UTSStudent", "UTSTeacher", "intra_batch_similarity", "pca_fc", "teacher_student_similarity", "uts_loss"]
+__all__ = ["UTS_DEFAULTS", "UTSStudent", "UTSTeacher", "check_uts_params", "intra_batch_similarity", "pca_fc",
+           "teacher_student_similarity", "uts_loss"]
+
+#: ``model.params`` of ``model.name: uts`` (:mod:`vhindex.train.uts`) and their defaults (the paper's alpha, beta,
+#: lambdas; the rest are vhindex's choices, see that module).
+UTS_DEFAULTS: dict[str, Any] = {
+    "out_dim": 256,          # D*: the teacher's PCA width = the student's feature width
+    "width": 320,            # channels of the student's two new 3x3 convolutions
+    "alpha": 0.1,
+    "beta": 0.6,
+    "lambdas": [2.0, 2.0, 1.0, 1.0],
+    "rotation": 15.0,        # degrees, +-
+    "crop_scale": 0.5,       # smallest kept area fraction of the random crop
+    "colour": 0.4,           # brightness / contrast / saturation factor range 1 +- colour
+    "max_videos": None,      # a seeded subset of the listing (None: every video)
+    "teacher_batch": 64,     # frames per teacher / feature forward pass
+}
+
+
+def check_uts_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` over :data:`UTS_DEFAULTS`, checked.
+
+    Raises:
+        ValueError: an unknown key (named), or a value out of range (named).
+    """
+    unknown = sorted(set(params) - set(UTS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown UTS parameter(s) {unknown}; known: {sorted(UTS_DEFAULTS)}")
+    p = {**UTS_DEFAULTS, **params}
+    if not 0.0 <= p["alpha"] < p["beta"] <= 1.0:
+        raise ValueError(f"need 0 <= alpha < beta <= 1, got alpha={p['alpha']}, beta={p['beta']}")
+    if len(p["lambdas"]) != 4:
+        raise ValueError(f"lambdas: need 4 weights (l0..l3), got {p['lambdas']}")
+    if not 0.0 < p["crop_scale"] <= 1.0 or not 0.0 <= p["colour"] < 1.0 or p["rotation"] < 0:
+        raise ValueError(f"need 0 < crop_scale <= 1, 0 <= colour < 1, rotation >= 0; got crop_scale="
+                         f"{p['crop_scale']}, colour={p['colour']}, rotation={p['rotation']}")
+    for key in ("out_dim", "width", "teacher_batch"):
+        if int(p[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {p[key]}")
+    if p["max_videos"] is not None and int(p["max_videos"]) < 1:
+        raise ValueError(f"max_videos must be >= 1 or null, got {p['max_videos']}")
+    return p
 
 
 def pca_fc(features: np.ndarray, out_dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -421,8 +421,12 @@ def run_recipe(cfg: Config, *, model: str | None = None, graph_executor: Executo
         ValueError / FileNotFoundError: configuration and data problems, before any training.
     """
     kind = model or cfg.model.name
+    if kind == "uts":  # pixels in: the frames of extract.listing, not a feature dataset
+        from vhindex.train.uts import run_uts_recipe
+
+        return run_uts_recipe(cfg, progress=progress)  # type: ignore[return-value]
     if kind not in STUDENTS:
-        raise ValueError(f"model.name: unknown student {kind!r}; choose one of {list(STUDENTS)}")
+        raise ValueError(f"model.name: unknown student {kind!r}; choose one of {list(STUDENTS)} or uts")
     datasets = check_datasets(cfg, out)
     if kind not in TEACHER_STUDENTS:  # ConMH / GCMH / DVHCM: single stage, no teacher
         from vhindex.train.contrastive import run_contrastive_recipe
