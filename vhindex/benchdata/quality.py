@@ -571,9 +571,9 @@ class _Runner:
         ids = ds.read_video_ids()
         pos = {v: i for i, v in enumerate(ids)}
         for row, frame_feats in variants.items():
-            b_, m_, d_ = frame_feats.shape
             for bits in self.b.uts_bits:
                 def score(frame_feats: np.ndarray = frame_feats, bits: int = bits) -> dict[str, float]:
+                    b_, m_, d_ = frame_feats.shape
                     lsh = build_model("lsh", bits)
                     lsh.fit(lambda: iter([frame_feats.reshape(-1, 1, d_)]), seed=seed)
                     codes = lsh.encode_packed(frame_feats.reshape(b_ * m_, 1, d_)).reshape(b_, m_, -1)
