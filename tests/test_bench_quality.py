@@ -97,8 +97,21 @@ def test_tiny_build_reports_every_method_bits_and_protocol(tiny_run) -> None:
     assert "dvhcm" in b.methods  # the supervised section is exercised
     supervised_rows = [r.format(m) for m in b.methods if m in SUPERVISED for r in SUPERVISED_ROWS]
     rows = ["float mean-pool (cosine)", *unsupervised, *(f"uts frame-level {m}" for m in b.frame_methods)]
+    uts_rows = ["frame lsh: Lite0 features", "frame lsh: UTS teacher (Lite0 + PCA fc)", "frame lsh: UTS student"]
     assert sorted(out.fashion) == sorted(rows + supervised_rows)
-    assert sorted(out.neardup) == sorted(rows)  # no class labels there: the supervised model is fashion-only
+    # no class labels there: the supervised model is fashion-only; UTS's teacher-student rows are near-dup only
+    assert sorted(out.neardup) == sorted(rows + uts_rows)
+    for row in uts_rows:
+        assert sorted(out.neardup[row]) == b.uts_bits
+        assert all(0.0 <= v <= 1.0 for c in out.neardup[row].values() for v in c["map"] + c["top1"])
+        assert f"| {row} |" in (tmp / "report.md").read_text()
+    # the student's features came from the extraction job with the trained uts_student backbone
+    from vhindex.data import FrameDataset
+
+    student = next((tmp / "work" / "neardup" / "uts").glob("*/seed0/features"))
+    feats = FrameDataset.open(str(student))
+    assert feats.meta.feature_dim == 16 and feats.meta.extractor.startswith("uts_student")
+    assert feats.read_video_ids() == FrameDataset.open(f"{tmp}/work/neardup/features/all").read_video_ids()
     for row in rows + supervised_rows:
         want_bits = [0] if row.startswith("float") else list(b.bits)
         assert sorted(out.fashion[row]) == want_bits, row

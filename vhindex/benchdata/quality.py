@@ -62,6 +62,9 @@ TEACHER_STUDENTS = ("bth", "dkph", "mcmsh", "nph")
 #: methods whose ``method_params`` / ``method_train`` are in a seed folder's tag (those that existed when the
 #: tag was introduced; cached runs keep their folders); later methods hash their settings into the run name
 _TAGGED_METHODS = ("bth", "dkph", "mcmsh", "conmh", "gcmh")  # share one teacher and anchor graph per seed
+#: ablation switches of a tagged method: they change neither the shared teacher nor the graph, so they stay out of
+#: the seed folder's tag and key the method's own run folder instead (an ablation reuses the seed's teacher)
+_ABLATION_KEYS = {"mcmsh": ("gates",)}
 Log = Callable[[str], None]
 
 
@@ -290,7 +293,8 @@ class _Runner:
         # (or changing its parameters) does not move the teacher, graph and other methods' runs to a new folder.
         settings = {"train": {**self.cfg.train.model_dump(mode="json"), **getattr(self.b, f"{bench}_train")},
                     "graph": self.cfg.graph.model_dump(mode="json"), "anchors_per_video": self.b.anchors_per_video,
-                    "method_params": {m: p for m, p in self.b.method_params.items() if m in _TAGGED_METHODS},
+                    "method_params": {m: {k: v for k, v in p.items() if k not in _ABLATION_KEYS.get(m, ())}
+                                      for m, p in self.b.method_params.items() if m in _TAGGED_METHODS},
                     "method_train": {m: p for m, p in self.b.method_train.items() if m in _TAGGED_METHODS}}
         if bench == "neardup" and self.b.neardup_method_train:  # absent: the tag of the runs made before it existed
             settings["neardup_method_train"] = {m: p for m, p in self.b.neardup_method_train.items()
@@ -361,7 +365,11 @@ class _Runner:
         """``<method>-<bits>``; for a method outside :data:`_TAGGED_METHODS` also a hash of its parameters and
         schedule (the seed folder's tag does not cover them), so an ablation trains in a folder of its own."""
         if method in _TAGGED_METHODS:
-            return f"{method}-{bits}"
+            ablation = {k: v for k, v in self.b.method_params.get(method, {}).items()
+                        if k in _ABLATION_KEYS.get(method, ())}
+            if not ablation:
+                return f"{method}-{bits}"
+            return f"{method}-{bits}-{hashlib.sha256(json.dumps(ablation, sort_keys=True).encode()).hexdigest()[:8]}"
         own = {"params": self.b.method_params.get(method, {}), "train": self.b.method_train.get(method, {})}
         if bench == "neardup" and method in self.b.neardup_method_train:
             own["neardup_train"] = self.b.neardup_method_train[method]
