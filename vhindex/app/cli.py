@@ -459,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="videos -> frame-feature dataset (sharded, resumable; Ray Data actors)")
     p.add_argument("--listing", help="folder of videos or a listing file (.txt/.csv/.jsonl/.parquet)")
     p.add_argument("--out", help="output dataset URL")
-    p.add_argument("--backbone", help="efficientnet_lite0 (bundled weights), vgg16_fc7, resnet50_pool")
+    p.add_argument("--backbone", help="efficientnet_lite0 (bundled weights), vgg16_fc7, resnet50_pool, uts_student "
+                                      "(weights: extract.weights=...)")
     p.add_argument("--num-frames", type=int, help="M frames sampled per video")
     p.add_argument("--image-size", type=int, help="crop size in pixels")
     p.add_argument("--engine", choices=["auto", "ray", "local"], help="ray: actor pool on a (local) Ray")
