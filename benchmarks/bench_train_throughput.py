@@ -9,6 +9,9 @@ same batch (no grad, eval mode). Inputs are in memory, so this measures the mode
 product's loop streams Parquet; its per-epoch ``videos_per_s`` is in each stage's ``metrics.jsonl``).
 
     .venv/bin/python benchmarks/bench_train_throughput.py --threads 2
+
+UTS (pixels, not features) is measured apart, in frames per second of its student network
+(``--uts-image-size``, ``--uts-batch``), beside the Lite0 CNN the feature-based models' extraction runs.
 """
 
 from __future__ import annotations
@@ -56,6 +59,44 @@ def _step(name: str, model, net: torch.nn.Module, x: torch.Tensor, gen: torch.Ge
     return bth_loss(out1, out2, x, x.flip(0), s, c, c)["total"]
 
 
+def _uts_throughput(args: argparse.Namespace) -> list[tuple[str, int, float, float]]:
+    """UTS's student (training and encoding) and the Lite0 extraction CNN (encoding), frames per second."""
+    from vhindex.features.backbones import UTSStudentBackbone, build_backbone
+    from vhindex.models.uts import UTS_DEFAULTS, uts_loss
+    from vhindex.train.uts import augment_frames
+
+    torch.manual_seed(0)
+    s, n = args.uts_image_size, args.uts_batch
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, s, s, 3), dtype=np.uint8))
+    lite0 = build_backbone("efficientnet_lite0")
+    student = UTSStudentBackbone.from_lite0(build_backbone("efficientnet_lite0"), UTS_DEFAULTS["out_dim"],
+                                            UTS_DEFAULTS["width"]).train()
+    opt = torch.optim.Adam(student.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.randn(n, UTS_DEFAULTS["out_dim"])
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            t0 = time.perf_counter()
+        aug = augment_frames(frames, gen, rotation=15.0, crop_scale=0.5, colour=0.4)
+        loss = uts_loss(student(student.normalise(aug)), student(student.preprocess(frames)), targets)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    train_fps = args.steps * n / (time.perf_counter() - t0)
+    rows = []
+    for name, net, fps in (("uts student", student, train_fps), ("efficientnet_lite0 (extraction)", lite0, 0.0)):
+        net.eval()
+        with torch.inference_mode():
+            net(net.preprocess(frames))
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                net(net.preprocess(frames))
+        enc = args.steps * n / (time.perf_counter() - t0)
+        rows.append((name, sum(t.numel() for t in net.parameters()), fps, enc))
+        print(f"{name:32s} {fps:8.1f} training frames/s  {enc:8.1f} encoded frames/s", flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--config", default="configs/bench/quality.yaml")
@@ -66,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="+", default=["conmh", "gcmh", "dkph", "bth", "mcmsh", "nph", "dvhcm"])
     p.add_argument("--report", default="benchmarks/results/train_throughput.md")
+    p.add_argument("--uts-image-size", type=int, default=128, help="UTS's pixel throughput at this size (0: skip)")
+    p.add_argument("--uts-batch", type=int, default=64)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
@@ -103,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, n_params, vps, enc_vps))
         print(f"{name:6s} {n_params / 1e6:6.2f} M parameters  {vps:8.1f} training videos/s  {enc_vps:8.1f} encoded "
               "videos/s", flush=True)
+    uts_rows = _uts_throughput(args) if args.uts_image_size else []
     text = "\n".join([
         f"# Training throughput ({dt.datetime.now().isoformat(timespec='seconds')})", "",
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads; "
@@ -111,7 +155,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.warmup} warm-up; models as in `{args.config}` (bench.method_params). GCMH's epoch also rebuilds its "
         "self-distilled graph (one encoding pass + k-means over the training clips), not included here.", "",
         "| model | parameters | training videos/s | encoding videos/s |", "|---|---:|---:|---:|",
-        *[f"| {n} | {p / 1e6:.2f} M | {v:,.0f} | {e:,.0f} |" for n, p, v, e in rows], ""])
+        *[f"| {n} | {p / 1e6:.2f} M | {v:,.0f} | {e:,.0f} |" for n, p, v, e in rows], "",
+        *(["UTS trains on pixels: frames per second at "
+           f"{args.uts_image_size} x {args.uts_image_size}, batch {args.uts_batch} frames (training: the augmentation, "
+           "the student on the augmented and the plain frames, backward; the teacher's outputs are precomputed once). "
+           "Encoding a video = its frames through the CNN, then LSH; the feature-based models above pay the same "
+           f"CNN cost (EfficientNet-Lite0) in extraction. Per video at M = {m} frames:", "",
+           "| network | parameters | training frames/s | encoding frames/s | training videos/s | encoding videos/s |",
+           "|---|---:|---:|---:|---:|---:|",
+           *[f"| {n} | {p / 1e6:.2f} M | {v:,.0f} | {e:,.0f} | {v / m:,.1f} | {e / m:,.1f} |" if v else
+             f"| {n} | {p / 1e6:.2f} M | (frozen) | {e:,.0f} | | {e / m:,.1f} |" for n, p, v, e in uts_rows], ""]
+          if uts_rows else [])])
     if args.report:
         Path(args.report).write_text(text)
         print(f"wrote {args.report}")
