@@ -196,31 +196,22 @@ def test_uts_student_extracts_through_ray_data_as_in_process(killed_and_straight
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
-def test_uts_student_stage_trains_on_ray_train_as_in_process(clips, tmp_path, shared_ray):
+def test_uts_student_stage_trains_on_ray_train_as_in_process(killed_and_straight, clips, tmp_path, shared_ray):
     """The student stage as a Ray Train TorchTrainer stage (``uts`` in RAY_STAGES; frames and teacher on the
-    driver) trains what the in-process run trains: the same batches and augmentations, so the same losses and
-    features up to float summation order (the worker's CNN runs with another thread count: not bit-equal)."""
+    driver) trains what the in-process run trains: the same batches and augmentations, so the losses of the
+    uninterrupted in-process run's first epochs (constant learning rate: the same schedule) up to float
+    summation order (the worker's CNN runs with another thread count: not bit-equal)."""
     from cluster.train import run_training_job
     from vhindex.config import load_config
 
-    def cfg(out: Path, backend: str):
-        overrides = [o for o in _settings(clips, out, 2)[2:] if not o.startswith("train.backend")]
-        return load_config(REPO / CONFIG, [*overrides, f"train.backend={backend}"])
-
-    on_ray = run_training_job(cfg(tmp_path / "ray", "ray"), progress=False)
+    _, straight, _, _ = killed_and_straight
+    overrides = [o for o in _settings(clips, tmp_path / "ray", 2)[2:] if not o.startswith("train.backend")]
+    on_ray = run_training_job(load_config(REPO / CONFIG, [*overrides, "train.backend=ray"]), progress=False)
     assert on_ray.model == "uts" and on_ray.stages["student"] == "ray", on_ray.stages
+    assert (tmp_path / "ray" / "uts" / "frame_model").is_dir() and (tmp_path / "ray" / "uts" / "summary.json").exists()
     history = [json.loads(x) for x in (tmp_path / "ray" / "uts" / "student" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in history] == [0, 1] and all(m["world_size"] == 1 for m in history)
-    local = run_training_job(cfg(tmp_path / "local", "local"), progress=False)
-    assert local.stages["student"] == "ran"
-    local_history = [json.loads(x) for x in
-                     (tmp_path / "local" / "uts" / "student" / "metrics.jsonl").read_text().splitlines()]
-    for r, h in zip(history, local_history, strict=True):
-        assert r["loss_total"] == pytest.approx(h["loss_total"], rel=1e-3)
-    from vhindex.features.backbones import UTSStudentBackbone
-
-    frames = torch.from_numpy(np.load(tmp_path / "local" / "uts" / "frames" / "frames.npy"))
-    a, b = (UTSStudentBackbone.load(str(p / "uts" / "model")) for p in (tmp_path / "ray", tmp_path / "local"))
-    with torch.no_grad():
-        fa, fb = a(a.preprocess(frames)), b(b.preprocess(frames))
-    assert float(torch.nn.functional.cosine_similarity(fa, fb).min()) > 0.999
+    local = [json.loads(x) for x in (straight / "uts" / "student" / "metrics.jsonl").read_text().splitlines()][:2]
+    for r, h in zip(history, local, strict=True):
+        for term in ("loss_total", "loss_global", "loss_global_plain"):
+            assert r[term] == pytest.approx(h[term], rel=1e-3), term
