@@ -555,7 +555,13 @@ class _Runner:
         root = f"{self.work}/neardup/uts"
         Path(root).mkdir(parents=True, exist_ok=True)
         src_listing = f"{root}/sources.csv"
-        text = "uri,video_id\n" + "".join(f"{v.uri},{v.video_id}\n" for v in sources)
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")  # quoted: a path may hold a comma
+        writer.writerows([("uri", "video_id"), *((v.uri, v.video_id) for v in sources)])
+        text = buf.getvalue()
         if not Path(src_listing).exists() or Path(src_listing).read_text() != text:
             Path(src_listing).write_text(text)
         e = self.b.neardup_extract
