@@ -162,17 +162,9 @@ def _stage_ckpt_url(cfg: Any, stage: str) -> str:
 
 
 def _stage_metrics(cfg: Any, stage: str) -> list[dict[str, Any]]:
-    import json
+    from vhindex.train.loop import read_metrics
 
-    from vhindex import fs as vfs
-
-    url = _stage_ckpt_url(cfg, stage).rsplit("/", 1)[0]
-    fs, root = vfs.url_to_fs(url, cfg.run.storage_options or None)
-    path = vfs.join(fs, root, "metrics.jsonl")
-    if not fs.exists(path):
-        return []
-    with fs.open(path, "rb") as fh:
-        return [json.loads(line) for line in fh.read().decode().splitlines() if line.strip()]
+    return read_metrics(_stage_ckpt_url(cfg, stage).rsplit("/", 1)[0], cfg.run.storage_options or None)
 
 
 def _last_epoch(cfg: Any, stage: str) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.job_helpers import sigkill_after_first_checkpoint
 from tests.ray_head import RayHead, ray_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,21 +290,7 @@ def test_killed_job_of_a_new_model_resumes_to_the_weights_of_an_uninterrupted_ru
     out = tmp_path / "killed"
     args = [str(JOB), "--config", DEMO, f"run.output_dir={out}", *settings, f"train.epochs={epochs}"]
     pointer = out / name / "student" / "ckpt" / "latest.json"
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=ray_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while not pointer.exists():
-            assert proc.poll() is None, f"the job exited ({proc.returncode}) before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 180 s"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    killed_at = json.loads(pointer.read_text())["epoch"]
+    killed_at = sigkill_after_first_checkpoint([sys.executable, *args], pointer, cwd=REPO, env=ray_env())
     assert killed_at < epochs - 1, "the run finished before the kill; make it longer"
     resumed = _run_job(DEMO, f"run.output_dir={out}", *settings, f"train.epochs={epochs}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

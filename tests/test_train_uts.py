@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.job_helpers import sigkill_after_first_checkpoint
 from tests.ray_head import ray_env
 from vhindex.testing.videos import make_corrupted_copy, real_video_paths
 
@@ -112,21 +111,8 @@ def killed_and_straight(clips, tmp_path_factory) -> tuple[Path, Path, str, int]:
     epochs = 8
     out = tmp / "killed"
     pointer = out / "uts" / "student" / "ckpt" / "latest.json"
-    proc = subprocess.Popen([sys.executable, str(JOB), *_settings(clips, out, epochs)], cwd=REPO, env=ray_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while not pointer.exists():
-            assert proc.poll() is None, f"the job exited ({proc.returncode}) before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 180 s"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    killed_at = json.loads(pointer.read_text())["epoch"]
+    killed_at = sigkill_after_first_checkpoint([sys.executable, str(JOB), *_settings(clips, out, epochs)], pointer,
+                                               cwd=REPO, env=ray_env())
     assert killed_at < epochs - 1, "the run finished before the kill; make it longer"
     resumed = _run(*_settings(clips, out, epochs))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -299,6 +299,17 @@ def _write_metrics(metrics_url: str, storage_options: dict | None, history: list
     vfs.write_bytes_atomic(fs, path, text.encode())
 
 
+def read_metrics(metrics_url: str, storage_options: dict | None = None) -> list[dict[str, Any]]:
+    """The per-epoch metrics :func:`run_training` wrote under ``metrics_url`` (folder or ``*.jsonl``); ``[]`` when
+    there are none yet."""
+    fs, root = vfs.url_to_fs(metrics_url, storage_options)
+    path = root if root.endswith(".jsonl") else vfs.join(fs, root, METRICS_FILE)
+    if not fs.exists(path):
+        return []
+    with fs.open(path, "rb") as f:
+        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+
+
 # ------------------------------------------------------------------------------ the loop
 
 

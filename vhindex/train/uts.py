@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import time
 from typing import Any
@@ -51,7 +50,7 @@ from vhindex import fs as vfs
 from vhindex.config import Config
 from vhindex.models.uts import check_uts_params
 from vhindex.train.common import _check_resumable, _hash, _loop_spec, _read_stage, _root, _so, _stage_done, _write_stage
-from vhindex.train.loop import TrainResult, run_training
+from vhindex.train.loop import TrainResult, read_metrics, run_training
 
 __all__ = ["UTSResult", "augment_frames", "check_uts_inputs", "prepare_uts", "run_uts_recipe",
            "train_uts", "uts_params"]
@@ -356,7 +355,7 @@ def run_uts_recipe(cfg: Config, *, progress: bool = True) -> UTSResult:
     else:
         stages["frame_model"] = "skipped"
     load_model(frame_url, so)  # it must load: what `vhindex index frames --model` will do
-    history = _metrics(f"{root}/student", so)
+    history = read_metrics(f"{root}/student", so)
     summary = {"videos": after["frames"]["videos"], "frames": after["frames"]["frames"],
                "failures": after["frames"]["failures"], "student": f"{root}/model/weights.pt",
                "frame_model": frame_url, "last_epoch": history[-1] if history else None,
@@ -368,11 +367,3 @@ def run_uts_recipe(cfg: Config, *, progress: bool = True) -> UTSResult:
                      eval_url=f"{root}/summary.json", stages=stages, seconds=time.perf_counter() - t0,
                      summary=summary)
 
-
-def _metrics(stage_url: str, so: dict | None) -> list[dict[str, Any]]:
-    fs, root = vfs.url_to_fs(stage_url, so)
-    path = vfs.join(fs, root, "metrics.jsonl")
-    if not fs.exists(path):
-        return []
-    with fs.open(path, "rb") as f:
-        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
