@@ -100,7 +100,16 @@ def test_tiny_build_reports_every_method_bits_and_protocol(tiny_run) -> None:
     uts_rows = ["frame lsh: Lite0 features", "frame lsh: UTS teacher (Lite0 + PCA fc)", "frame lsh: UTS student"]
     assert sorted(out.fashion) == sorted(rows + supervised_rows)
     # no class labels there: the supervised model is fashion-only; UTS's teacher-student rows are near-dup only
-    assert sorted(out.neardup) == sorted(rows + uts_rows)
+    student_rows = ["float mean-pool: UTS student features", *(f"{m}: UTS student features"
+                                                                 for m in b.uts_video_methods)]
+    assert b.uts_video_methods == ["itq", "gcmh"]
+    assert sorted(out.neardup) == sorted(rows + uts_rows + student_rows)
+    for row in student_rows:
+        assert sorted(out.neardup[row]) == ([0] if row.startswith("float") else b.bits), row
+        assert all(0.0 <= v <= 1.0 for c in out.neardup[row].values() for v in c["map"] + c["top1"])
+        assert f"| {row} |" in (tmp / "report.md").read_text()
+    # the learned video-level run over the student's features trained in the UTS run's folder, apart from Lite0's
+    assert list((tmp / "work" / "neardup" / "uts").glob("*/video_models/*/seed0/runs/gcmh-16*/gcmh/student"))
     for row in uts_rows:
         assert sorted(out.neardup[row]) == b.uts_bits
         assert all(0.0 <= v <= 1.0 for c in out.neardup[row].values() for v in c["map"] + c["top1"])
@@ -110,7 +119,7 @@ def test_tiny_build_reports_every_method_bits_and_protocol(tiny_run) -> None:
 
     student = next((tmp / "work" / "neardup" / "uts").glob("*/seed0/features"))
     feats = FrameDataset.open(str(student))
-    assert feats.meta.feature_dim == 16 and feats.meta.extractor.startswith("uts_student")
+    assert feats.meta.feature_dim == 32 and feats.meta.extractor.startswith("uts_student")
     assert feats.read_video_ids() == FrameDataset.open(f"{tmp}/work/neardup/features/all").read_video_ids()
     for row in rows + supervised_rows:
         want_bits = [0] if row.startswith("float") else list(b.bits)
@@ -169,6 +178,16 @@ def test_tiny_lsh_numbers_equal_a_literal_recomputation(tiny_run) -> None:
         top1.append(relevant[0])
     assert out.neardup["lsh"][16]["map"][0] == pytest.approx(np.mean(aps), abs=1e-12)
     assert out.neardup["lsh"][16]["top1"][0] == pytest.approx(np.mean(top1), abs=1e-12)
+    # the video-level ITQ row over the UTS student's features: ITQ fitted on those features, ranked the same way
+    student = FrameDataset.open(str(next((tmp / "work" / "neardup" / "uts").glob("*/seed0/features"))))
+    _, codes = encode_in_memory(fit_model("itq", 16, student, seed=cfg.bench.seeds[0]), student)
+    order = _literal_rankings(codes, codes)
+    aps = []
+    for i in range(len(codes)):
+        relevant = [groups[j] == groups[i] for j in order[i] if j != i]
+        hits = np.cumsum(relevant)
+        aps.append(float(sum(h / r for r, (h, rel) in enumerate(zip(hits, relevant, strict=True), start=1) if rel) / sum(relevant)))
+    assert out.neardup["itq: UTS student features"][16]["map"][0] == pytest.approx(np.mean(aps), abs=1e-12)
     # fashion: paper-protocol AP@K (divided by K), relevance = a shared label
     train, q, db = (FrameDataset.open(f"{work}/fashion/features/{s}") for s in ("train", "query", "database"))
     model = fit_model("lsh", 16, train, seed=cfg.bench.seeds[0])
@@ -347,3 +366,20 @@ def test_tiny_dvhcm_mask_row_equals_a_literal_recomputation(tiny_run) -> None:
     got = out.fashion["dvhcm (supervised) + category mask"][bits]["paper"]
     for k in cfg.bench.ks:
         assert got[k][0] == pytest.approx(want[k], abs=1e-12), k
+
+
+def test_uts_video_methods_are_checked_before_anything_runs() -> None:
+    """bench.uts_video_methods: an unknown or supervised name, or no UTS student to run on, is a clear error."""
+    from vhindex.benchdata.quality import _check_methods
+    from vhindex.config import load_config
+
+    def cfg(*overrides: str):
+        return load_config("configs/bench/tiny.yaml", list(overrides))
+
+    _check_methods(cfg())  # the tiny build's [itq, gcmh] pass
+    with pytest.raises(ValueError, match=r"bench.uts_video_methods: unknown model name 'nope'"):
+        _check_methods(cfg("bench.uts_video_methods=[nope]"))
+    with pytest.raises(ValueError, match=r"bench.uts_video_methods: 'dvhcm' trains on class labels"):
+        _check_methods(cfg("bench.uts_video_methods=[dvhcm]"))
+    with pytest.raises(ValueError, match=r"needs bench.uts_student: true"):
+        _check_methods(cfg("bench.uts_student=false"))

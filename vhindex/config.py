@@ -621,6 +621,10 @@ class BenchSection(_Section):
     uts_overrides: list[str] = Field(default_factory=list, description="`key=value` overrides of uts_config.")
     uts_bits: list[int] = Field(default_factory=lambda: [64, 256, 512],
                                 description="Code lengths of the UTS frame-level rows (the paper: 512).")
+    uts_video_methods: list[str] = Field(
+        default_factory=list, description="Video-level methods (e.g. [itq, gcmh]) also trained on the UTS student's "
+                                          "features of the near-duplicates, at `bits`: the learned pixel features "
+                                          "under a video-level code (rows '<method>: UTS student features').")
     bits: list[int] = Field(default_factory=lambda: [16, 32, 64])
     seeds: list[int] = Field(default_factory=lambda: [0])
     ks: list[int] = Field(default_factory=lambda: [5, 20, 40, 60, 80, 100], description="mAP@K cut-offs (fashion).")

@@ -266,12 +266,15 @@ class _Runner:
         return config_from_dict(d, source=f"bench quality ({bench}, {method})")
 
     def _models(self, bench: str, urls: dict[str, str], seed: int, learn_urls: dict[str, str] | None = None,
-                validation: tuple[FrameDataset, FrameDataset] | None = None) -> Any:
+                validation: tuple[FrameDataset, FrameDataset] | None = None, *,
+                methods: Sequence[str] | None = None, models_root: str | None = None) -> Any:
         """Yield ``(method, bits, model)`` for every video-level method and code length of one seed.
 
         Baselines fit on ``urls["train"]``. Learned models train on ``learn_urls`` (default ``urls``) and,
         with ``validation`` (queries, database carved from the training clips), keep their best epoch
-        on it; the choice is recorded in ``self.out.info[bench]["selection"]``.
+        on it; the choice is recorded in ``self.out.info[bench]["selection"]``. ``methods`` (default
+        ``bench.methods``) and ``models_root`` (default ``<work>/<bench>/models``: where the runs live) let
+        the same training run on other features of the benchmark (the UTS student's).
         """
         learn_urls = learn_urls or urls
         from vhindex.inprocess import fit_model
@@ -300,10 +303,10 @@ class _Runner:
             settings["neardup_method_train"] = {m: p for m, p in self.b.neardup_method_train.items()
                                                 if m in _TAGGED_METHODS}
         tag = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
-        seed_dir = f"{self.work}/{bench}/models/{tag}/seed{seed}"
+        seed_dir = f"{models_root or f'{self.work}/{bench}/models'}/{tag}/seed{seed}"
         graph = None
         for bits in self.b.bits:
-            for method in self.b.methods:
+            for method in self.b.methods if methods is None else methods:
                 if method not in LEARNED:
                     model = self._timed(f"{bench} train {method}", lambda m=method, k=bits: fit_model(
                         m, k, train, seed=seed, batch_size=self.cfg.data.batch_size))
@@ -596,6 +599,26 @@ class _Runner:
                     ranked = rank_videos_leave_one_out(index, ids, list(codes), top_n=self.b.uts_top_n)
                     return leave_one_out_metrics([np.array([pos[v] for v in r]) for r in ranked], groups)
                 record(row, bits, self._timed(f"neardup {row}", score))
+        if self.b.uts_video_methods:
+            self._uts_video_rows(student_ds, f"{root}/{tag}/video_models", groups, seed, record)
+
+    def _uts_video_rows(self, student_ds: FrameDataset, models_root: str, groups: np.ndarray, seed: int,
+                        record: Callable[[str, int, dict[str, float]], None]) -> None:
+        """Video-level codes over the UTS student's features (``bench.uts_video_methods`` at ``bench.bits``).
+
+        The student (trained on the families' sources, no labels) replaces the Lite0 features under the same
+        video-level methods, trained like their Lite0 rows (unsupervised, on the very videos they index);
+        the runs live under ``models_root`` (the UTS run's folder), apart from the Lite0 runs."""
+        from vhindex.inprocess import encode_in_memory
+
+        student_feats = _read_features(student_ds)
+        record("float mean-pool: UTS student features", 0,
+               leave_one_out_metrics(_loo_float_rankings(student_feats), groups))
+        urls = {s: student_ds.url for s in SPLITS}
+        for method, bits, model in self._models("neardup", urls, seed, methods=self.b.uts_video_methods,
+                                                models_root=models_root):
+            _, codes = encode_in_memory(model, student_ds)
+            record(f"{method}: UTS student features", bits, leave_one_out_metrics(_loo_code_rankings(codes), groups))
 
     # -------------------------------------------------------------- report
 
@@ -764,13 +787,18 @@ def _check_methods(cfg: Config) -> None:
     from vhindex.models import MODEL_REGISTRY
 
     known = sorted(MODEL_REGISTRY)
-    for key, names in (("bench.methods", cfg.bench.methods), ("bench.frame_methods", cfg.bench.frame_methods)):
+    for key, names in (("bench.methods", cfg.bench.methods), ("bench.frame_methods", cfg.bench.frame_methods),
+                       ("bench.uts_video_methods", cfg.bench.uts_video_methods)):
         for name in names:
             if name not in known:
                 raise ValueError(f"{key}: unknown model name {name!r}; known models: {known}")
             if key == "bench.frame_methods" and name in LEARNED:
                 raise ValueError(f"{key}: {name!r} is a video-level model; frame-level hashers: "
                                  f"{[n for n in known if n not in LEARNED]}")
+            if key == "bench.uts_video_methods" and name in SUPERVISED:
+                raise ValueError(f"{key}: {name!r} trains on class labels; the near-duplicates have none")
+    if cfg.bench.uts_video_methods and not cfg.bench.uts_student:
+        raise ValueError("bench.uts_video_methods needs bench.uts_student: true (they run on the student's features)")
 
 
 def _replace_spec(spec: Any, overrides: dict[str, Any], name: str) -> Any:
@@ -981,6 +1009,11 @@ def render_report(out: BenchOutcome, cfg: Config, command: str, seconds: float, 
                 cells.append(f"{_cell(c['map'])} / {_cell(c['top1'])}" if c else "")
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
+        if any(row.endswith(": UTS student features") for row in out.neardup):
+            lines += ["Rows `...: UTS student features`: the same video-level method over the features of UTS's "
+                      "student CNN (trained without labels on the families' `__original` sources; the variants are "
+                      "never seen) instead of the Lite0 features; like every row here it is trained on the very "
+                      "videos it indexes.", ""]
     if out.timings:
         lines += ["## Seconds per step (2-core machine; train = every code length and seed together)", "",
                   "| step | seconds |", "|---|---|"]
