@@ -383,3 +383,36 @@ def test_uts_video_methods_are_checked_before_anything_runs() -> None:
         _check_methods(cfg("bench.uts_video_methods=[dvhcm]"))
     with pytest.raises(ValueError, match=r"needs bench.uts_student: true"):
         _check_methods(cfg("bench.uts_student=false"))
+
+
+def test_merge_new_rows_only_adds_rows_and_keeps_the_earlier_cells(tmp_path) -> None:
+    """`bench merge --new-rows-only`: a later file's new rows (and their selection) are added; a row the earlier
+    file has keeps its cells and selection even where the later file holds another value for it."""
+    from vhindex.benchdata.quality import merge_reports
+    from vhindex.config import load_config
+
+    def cell(v: float) -> dict:
+        return {"paper": {"20": [v]}, "standard": {"20": [v]}}
+
+    info = {"spec": {"preset": "x"}, "videos": {"train": 4}}
+    main = {"fashion": {"itq": {"64": cell(0.45)}}, "neardup": {},
+            "info": {"fashion": {**info, "selection": {"gcmh": {"64": {"0": {"epoch": 3}}}}}}, "timings": {"a": 1.0}}
+    zoo = {"fashion": {"itq": {"64": cell(0.40), "16": cell(0.30)}, "mcmsh": {"64": cell(0.51)}}, "neardup": {},
+           "info": {"fashion": {**info, "selection": {"gcmh": {"64": {"0": {"epoch": 9}}},
+                                                      "mcmsh": {"64": {"0": {"epoch": 7}}}},
+                                "mask_ratio": {"64": 0.7}}}, "timings": {"a": 2.0}}
+    paths = []
+    for name, obj in (("main", main), ("zoo", zoo)):
+        paths.append(str(tmp_path / f"{name}.json"))
+        Path(paths[-1]).write_text(json.dumps(obj))
+    cfg = load_config("configs/bench/tiny.yaml", [f"bench.report={tmp_path}/m.md", "bench.plots=false",
+                                                  "bench.ks=[20]"])
+    merged = merge_reports(paths, cfg, "test", new_rows_only=True)
+    assert merged.fashion["itq"] == {64: {"paper": {20: [0.45]}, "standard": {20: [0.45]}}}  # kept, 16 not added
+    assert merged.fashion["mcmsh"][64]["paper"][20] == [0.51]
+    sel = merged.info["fashion"]["selection"]
+    assert sel["gcmh"]["64"]["0"]["epoch"] == 3 and sel["mcmsh"]["64"]["0"]["epoch"] == 7
+    assert merged.info["fashion"]["mask_ratio"] == {"64": 0.7} and merged.timings["a"] == 3.0
+    assert "| mcmsh | 64 |" in (tmp_path / "m.md").read_text()
+    # without the flag the later file wins cell by cell
+    assert merge_reports(paths, cfg, "test").fashion["itq"][64]["paper"][20] == [0.40]

@@ -400,7 +400,9 @@ def cmd_bench_merge(args: argparse.Namespace) -> int:
     cfg = _config(args)
     combine = [r for r in (args.combine or "").split(",") if r]
     merge_reports(args.parts, cfg, command="vhindex bench merge " + " ".join(args.parts)
-                  + (f" --combine {args.combine}" if combine else ""), combine_rows=combine)
+                  + (f" --combine {args.combine}" if combine else "")
+                  + (" --new-rows-only" if args.new_rows_only else ""),
+                  combine_rows=combine, new_rows_only=args.new_rows_only)
     print(f"merged {len(args.parts)} result files into {cfg.bench.report}")
     return 0
 
@@ -615,6 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("parts", nargs="+", metavar="RESULTS_JSON", help="result files, later ones win per row")
     c.add_argument("--combine", help="comma-separated rows (e.g. conmh) whose cells add a later file's seeds to "
                                      "the earlier ones instead of being replaced (runs split by seed)")
+    c.add_argument("--new-rows-only", action="store_true",
+                   help="a later file only adds the rows the earlier ones lack (their cells are kept)")
     c.add_argument("--config", default="configs/bench/quality.yaml", help="for bench.report and the settings lines")
     c.set_defaults(func=cmd_bench_merge, overrides=[])
 

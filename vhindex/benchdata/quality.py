@@ -659,7 +659,8 @@ class _Runner:
         return text
 
 
-def merge_reports(parts: Sequence[str], cfg: Config, command: str, combine_rows: Sequence[str] = ()) -> BenchOutcome:
+def merge_reports(parts: Sequence[str], cfg: Config, command: str, combine_rows: Sequence[str] = (), *,
+                  new_rows_only: bool = False) -> BenchOutcome:
     """Merge ``results.json`` files of runs over the same benchmark data (e.g. one process per method) into the
     report at ``cfg.bench.report`` (markdown, JSON, plots): cells are merged per (method row, code length), a later
     file's cell winning (so runs split by method or by code length combine); timings and selections are combined.
@@ -668,6 +669,10 @@ def merge_reports(parts: Sequence[str], cfg: Config, command: str, combine_rows:
     (runs split by seed). A fashion cell of such a row whose seed the earlier files' selection records already
     hold raises ``ValueError`` (the same seed twice); near-duplicate cells carry no per-seed record and are
     appended unchecked.
+
+    ``new_rows_only``: a later file only *adds* rows (and their selection records and settings) that the earlier
+    files do not have; the rows already there keep their cells (e.g. to add the separately run models of the
+    zoo to the main report without the 3-seed reruns of a baseline those runs carry replacing its cells).
 
     Raises ``ValueError`` when two files hold different benchmark data (spec or video counts)."""
     merged = BenchOutcome()
@@ -679,11 +684,15 @@ def merge_reports(parts: Sequence[str], cfg: Config, command: str, combine_rows:
             if not info:
                 continue
             mine = merged.info.setdefault(bench, {})
+            rows = getattr(merged, bench)
+            keep = set(rows) if new_rows_only else set()  # rows an earlier file holds and this one may not touch
             for key in ("spec", "videos"):
                 if key in mine and key in info and mine[key] != info[key]:
                     raise ValueError(f"{path}: its {bench} {key} differs from the files before it; not the same data")
             selection = {**mine.get("selection", {})}
             for method, per_bits in info.get("selection", {}).items():
+                if new_rows_only and (method in keep or method in mine.get("selection", {})):
+                    continue
                 for bits, per_seed in per_bits.items():
                     earlier = selection.setdefault(method, {}).setdefault(bits, {})
                     if method in combine:
@@ -694,11 +703,16 @@ def merge_reports(parts: Sequence[str], cfg: Config, command: str, combine_rows:
                         earlier.update(per_seed)
                     else:
                         selection[method][bits] = dict(per_seed)
-            mine.update(info)
+            if new_rows_only:
+                for key, value in info.items():
+                    mine.setdefault(key, value)
+            else:
+                mine.update(info)
             if selection:
                 mine["selection"] = selection
-            rows = getattr(merged, bench)
             for row, cells in obj.get(bench, {}).items():
+                if row in keep:
+                    continue
                 for bits, cell in cells.items():
                     cell, have = _int_keys(cell), rows.setdefault(row, {})
                     if row in combine and int(bits) in have:
