@@ -153,6 +153,22 @@ def _literal_rankings(codes: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
+def _literal_leave_one_out(codes: np.ndarray, groups: np.ndarray) -> tuple[list[float], list[bool]]:
+    """Per video: AP over the ranking of every other video (relevant = same group) and whether the first is relevant."""
+    order = _literal_rankings(codes, codes)
+    aps, top1 = [], []
+    for i in range(len(codes)):
+        relevant = [groups[j] == groups[i] for j in order[i] if j != i]
+        hits, ap = 0, 0.0
+        for r, rel in enumerate(relevant, start=1):
+            if rel:
+                hits += 1
+                ap += hits / r
+        aps.append(ap / sum(relevant))
+        top1.append(relevant[0])
+    return aps, top1
+
+
 def test_tiny_lsh_numbers_equal_a_literal_recomputation(tiny_run) -> None:
     """LSH-16's table entries recomputed from the extracted features with loops written from the definitions."""
     from vhindex.data import FrameDataset
@@ -164,29 +180,13 @@ def test_tiny_lsh_numbers_equal_a_literal_recomputation(tiny_run) -> None:
     ds = FrameDataset.open(f"{work}/neardup/features/all")
     groups = ds.read_labels_multi_hot().argmax(axis=1)
     _, codes = encode_in_memory(fit_model("lsh", 16, ds, seed=cfg.bench.seeds[0]), ds)
-    order = _literal_rankings(codes, codes)
-    aps, top1 = [], []
-    for i in range(len(codes)):
-        ranked = [j for j in order[i] if j != i]
-        relevant = [groups[j] == groups[i] for j in ranked]
-        hits, ap = 0, 0.0
-        for r, rel in enumerate(relevant, start=1):
-            if rel:
-                hits += 1
-                ap += hits / r
-        aps.append(ap / sum(relevant))
-        top1.append(relevant[0])
+    aps, top1 = _literal_leave_one_out(codes, groups)
     assert out.neardup["lsh"][16]["map"][0] == pytest.approx(np.mean(aps), abs=1e-12)
     assert out.neardup["lsh"][16]["top1"][0] == pytest.approx(np.mean(top1), abs=1e-12)
     # the video-level ITQ row over the UTS student's features: ITQ fitted on those features, ranked the same way
     student = FrameDataset.open(str(next((tmp / "work" / "neardup" / "uts").glob("*/seed0/features"))))
     _, codes = encode_in_memory(fit_model("itq", 16, student, seed=cfg.bench.seeds[0]), student)
-    order = _literal_rankings(codes, codes)
-    aps = []
-    for i in range(len(codes)):
-        relevant = [groups[j] == groups[i] for j in order[i] if j != i]
-        hits = np.cumsum(relevant)
-        aps.append(float(sum(h / r for r, (h, rel) in enumerate(zip(hits, relevant, strict=True), start=1) if rel) / sum(relevant)))
+    aps, _ = _literal_leave_one_out(codes, groups)
     assert out.neardup["itq: UTS student features"][16]["map"][0] == pytest.approx(np.mean(aps), abs=1e-12)
     # fashion: paper-protocol AP@K (divided by K), relevance = a shared label
     train, q, db = (FrameDataset.open(f"{work}/fashion/features/{s}") for s in ("train", "query", "database"))
